@@ -1,0 +1,325 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""Ansible front door of the lab's kube-proxy: parameters in, kernel state out."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: kube_proxy
+short_description: Program a network namespace the way kube-proxy programs a node
+description:
+  - Computes, from declared Kubernetes Services, exactly the state kube-proxy would install
+    on a node, and installs it in the network namespace O(netns).
+  - In V(iptables) mode that is kube-proxy's NAT chains (C(KUBE-SERVICES), C(KUBE-SVC-*),
+    C(KUBE-SEP-*), C(KUBE-MARK-MASQ), C(KUBE-POSTROUTING)) with its chain names, comments,
+    probabilities and marks, applied in one C(iptables-restore --noflush).
+  - The module owns every C(KUBE-*) chain in the namespace and the jumps into them; it never
+    touches other rules. A second run with the same input changes nothing.
+  - Uses the system's C(iptables) (nf_tables or legacy backend, whichever C(iptables) is);
+    the result says which.
+version_added: "1.0.0"
+author:
+  - kube-proxy-lab developers
+options:
+  netns:
+    description:
+      - Network namespace of the node, as listed by C(ip netns list). It must exist unless O(state=absent).
+    type: str
+    required: true
+  mode:
+    description:
+      - Data plane to program, as kube-proxy's C(--proxy-mode).
+      - V(ipvs) and V(nftables) are not implemented yet and fail with a message saying so.
+    type: str
+    choices: [iptables, ipvs, nftables]
+    default: iptables
+  cluster_cidr:
+    description:
+      - The pod network (kube-proxy's C(--cluster-cidr)). Traffic to a ClusterIP from a source
+        outside it is marked for masquerade, so replies come back through this node.
+    type: str
+    default: 10.0.0.0/24
+  masquerade_all:
+    description:
+      - Masquerade all traffic sent to a ClusterIP (kube-proxy's C(--masquerade-all)),
+        not only traffic from outside O(cluster_cidr).
+    type: bool
+    default: false
+  ipvs_scheduler:
+    description:
+      - IPVS scheduler for every virtual server, used by O(mode=ipvs).
+    type: str
+    choices: [rr, wrr, lc, wlc, lblc, lblcr, sh, dh, sed, nq, mh]
+    default: rr
+  state:
+    description:
+      - V(present) installs the rendered state; V(absent) removes everything the module owns
+        in the namespace.
+    type: str
+    choices: [present, absent]
+    default: present
+  services:
+    description:
+      - The Services, one entry per service port.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      namespace:
+        description: Kubernetes namespace of the Service (an RFC 1123 label).
+        type: str
+        default: default
+      name:
+        description: Name of the Service (an RFC 1035 label).
+        type: str
+        required: true
+      port_name:
+        description:
+          - Name of the service port; part of kube-proxy's servicePortName C(ns/name:port_name),
+            and so of every chain name. Empty for an unnamed port.
+        type: str
+        default: ""
+      protocol:
+        description: Protocol of the service port.
+        type: str
+        choices: [TCP, UDP, SCTP]
+        default: TCP
+      cluster_ip:
+        description: The Service's ClusterIP (IPv4).
+        type: str
+        required: true
+      port:
+        description: The service port on the ClusterIP, 1..65535.
+        type: int
+        required: true
+      target_port:
+        description: The port on each endpoint, 1..65535. Defaults to O(services[].port).
+        type: int
+      session_affinity:
+        description: V(ClientIP) keeps each client on one endpoint for O(services[].session_affinity_timeout) seconds.
+        type: str
+        choices: [None, ClientIP]
+        default: None
+      session_affinity_timeout:
+        description: Seconds a ClientIP affinity lasts, 1..86400.
+        type: int
+        default: 10800
+      endpoints:
+        description: IPv4 addresses of the ready endpoints. An empty list makes the Service reject connections.
+        type: list
+        elements: str
+        default: []
+notes:
+  - Every command runs as C(ip netns exec NETNS ...); nothing is changed outside the namespace.
+  - Supports C(--check) (reports what would change) and C(--diff) (the owned rules before and
+    after, in C(iptables-save) form).
+requirements:
+  - iproute2 (C(ip netns))
+  - iptables (C(iptables-save), C(iptables-restore))
+"""
+
+EXAMPLES = r"""
+- name: Program the lab node like kube-proxy in iptables mode
+  kube_proxy:
+    netns: lab-node
+    mode: iptables
+    cluster_cidr: 10.0.0.0/24
+    services:
+      - namespace: default
+        name: app1
+        cluster_ip: 10.96.0.10
+        port: 80
+        target_port: 8080
+        endpoints: [10.0.0.2, 10.0.0.3, 10.0.0.4]
+
+- name: Keep each client on one pod for an hour
+  kube_proxy:
+    netns: lab-node
+    services:
+      - name: app1
+        cluster_ip: 10.96.0.10
+        port: 80
+        target_port: 8080
+        session_affinity: ClientIP
+        session_affinity_timeout: 3600
+        endpoints: [10.0.0.2, 10.0.0.3]
+
+- name: Remove everything the module installed in the node
+  kube_proxy:
+    netns: lab-node
+    state: absent
+"""
+
+RETURN = r"""
+mode:
+  description: The mode that was programmed.
+  returned: always
+  type: str
+  sample: iptables
+netns:
+  description: The node's network namespace.
+  returned: always
+  type: str
+  sample: lab-node
+rules:
+  description:
+    - The rendered state, as kube-proxy would write it (an C(iptables-restore) input in
+      V(iptables) mode). Empty when O(state=absent).
+  returned: always
+  type: str
+  sample: |
+    *nat
+    :KUBE-SERVICES - [0:0]
+    -A KUBE-SERVICES -m comment --comment "default/app1 cluster IP" -m tcp -p tcp -d 10.96.0.10 --dport 80 -j KUBE-SVC-VNHUBUYDIJ4EODDB
+iptables_backend:
+  description: Backend of the node's C(iptables) command, C(nf_tables) or C(legacy).
+  returned: when known
+  type: str
+  sample: nf_tables
+changed_chains:
+  description: Chains created or rewritten, as C(table/chain).
+  returned: always
+  type: list
+  elements: str
+  sample: [nat/KUBE-SERVICES, nat/KUBE-SVC-VNHUBUYDIJ4EODDB]
+deleted_chains:
+  description: Chains deleted, as C(table/chain).
+  returned: always
+  type: list
+  elements: str
+  sample: [nat/KUBE-SEP-3PSCXV3XRLGCZ5L4]
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.kube_proxy import iptables
+from ansible.module_utils.kube_proxy.model import (
+    AFFINITIES,
+    DEFAULT_AFFINITY_TIMEOUT,
+    IPVS_SCHEDULERS,
+    MODES,
+    PROTOCOLS,
+    STATES,
+    ValidationError,
+    build_config,
+    validate_netns,
+)
+
+NETNS_DIR = "/run/netns"
+
+SERVICE_OPTIONS = dict(
+    namespace=dict(type="str", default="default"),
+    name=dict(type="str", required=True),
+    port_name=dict(type="str", default=""),
+    protocol=dict(type="str", choices=list(PROTOCOLS), default="TCP"),
+    cluster_ip=dict(type="str", required=True),
+    port=dict(type="int", required=True),
+    target_port=dict(type="int"),
+    session_affinity=dict(type="str", choices=list(AFFINITIES), default="None"),
+    session_affinity_timeout=dict(type="int", default=DEFAULT_AFFINITY_TIMEOUT),
+    endpoints=dict(type="list", elements="str", default=[]),
+)
+
+ARGUMENT_SPEC = dict(
+    netns=dict(type="str", required=True),
+    mode=dict(type="str", choices=list(MODES), default="iptables"),
+    cluster_cidr=dict(type="str", default="10.0.0.0/24"),
+    masquerade_all=dict(type="bool", default=False),
+    ipvs_scheduler=dict(type="str", choices=list(IPVS_SCHEDULERS), default="rr"),
+    state=dict(type="str", choices=list(STATES), default="present"),
+    services=dict(type="list", elements="dict", options=SERVICE_OPTIONS, default=[]),
+)
+
+NOT_YET = {
+    "ipvs": "mode=ipvs is not implemented yet (issue 3); use mode=iptables",
+    "nftables": "mode=nftables is not implemented yet (issue 4); use mode=iptables",
+}
+
+
+class Node:
+    """Runs argv lists inside the node's network namespace and fails the module on error."""
+
+    def __init__(self, module, netns):
+        self.module = module
+        self.netns = netns
+
+    def run(self, *argv, data=None):
+        command = ["ip", "netns", "exec", self.netns] + list(argv)
+        rc, stdout, stderr = self.module.run_command(command, data=data, binary_data=True)
+        if rc != 0:
+            self.module.fail_json(
+                msg="%s failed in network namespace %s: %s" % (argv[0], self.netns, (stderr or stdout).strip()),
+                cmd=command, rc=rc, stdout=stdout, stderr=stderr,
+            )
+        return stdout
+
+
+def sync_iptables(module, node, config, present):
+    desired = iptables.render(config) if present else iptables.absent_state()
+    live = iptables.parse_save(node.run("iptables-save"))
+    plan = iptables.plan(desired, live)
+    if plan.changed and not module.check_mode:
+        node.run("iptables-restore", "--noflush", data=plan.restore)
+    result = dict(
+        changed=plan.changed,
+        rules=iptables.restore_text(desired) if present else "",
+        changed_chains=plan.changed_chains,
+        deleted_chains=plan.deleted_chains,
+    )
+    backend = live.backend
+    if backend is None and present:
+        version = node.run("iptables", "--version")
+        backend = "legacy" if "(legacy)" in version else "nf_tables" if "nf_tables" in version else None
+    if backend:
+        result["iptables_backend"] = backend
+    if module._diff:
+        result["diff"] = dict(
+            before=plan.before, after=plan.after,
+            before_header="%s: iptables-save, KUBE-* (before)" % node.netns,
+            after_header="%s: iptables-save, KUBE-* (after)" % node.netns,
+        )
+    return result
+
+
+def run_module(module):
+    params = module.params
+    present = params["state"] == "present"
+    try:
+        netns = validate_netns(params["netns"])
+        config = build_config(
+            mode=params["mode"],
+            cluster_cidr=params["cluster_cidr"],
+            services=params["services"],
+            masquerade_all=params["masquerade_all"],
+            ipvs_scheduler=params["ipvs_scheduler"],
+        )
+    except ValidationError as error:
+        module.fail_json(msg=str(error), field=error.field)
+
+    result = dict(changed=False, mode=config.mode, netns=netns, rules="", changed_chains=[], deleted_chains=[])
+    if present and config.mode in NOT_YET:
+        module.fail_json(msg=NOT_YET[config.mode], **result)
+    if not os.path.exists(os.path.join(NETNS_DIR, netns)):
+        if not present:
+            module.exit_json(**result)
+        module.fail_json(
+            msg="network namespace %s does not exist (ip netns list); create the node first, "
+                "e.g. with the lab_node role" % netns, **result)
+
+    result.update(sync_iptables(module, Node(module, netns), config, present))
+    module.exit_json(**result)
+
+
+def main():
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    run_module(module)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,477 @@
+"""iptables mode: render kube-proxy's rules, read them back, and plan one restore.
+
+The renderer writes what kube-proxy's iptables proxier writes (pkg/proxy/iptables/proxier.go),
+in its iptables-restore syntax. The kernel prints rules back in another form (canonical
+option order, ``/32``, ``--set-xmark``, probabilities rounded to 1/2^31), so both sides go
+through ``normalise_rule`` before they are compared.
+"""
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Tuple
+
+from .model import ProxyConfig, Service
+from .naming import endpoint_chain, service_chain
+
+MASQ_MARK = "0x4000"
+TABLES = ("nat", "filter")
+# Every KUBE-* chain in the node belongs to the module: it plays kube-proxy there, and
+# kube-proxy, too, clears the chains another mode left behind.
+OWNED_CHAIN_PREFIX = "KUBE-"
+BUILTIN_CHAINS = {
+    "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
+    "filter": ("INPUT", "FORWARD", "OUTPUT"),
+}
+
+KUBE_SERVICES = "KUBE-SERVICES"
+KUBE_MARK_MASQ = "KUBE-MARK-MASQ"
+KUBE_POSTROUTING = "KUBE-POSTROUTING"
+
+Rule = Tuple[str, ...]
+
+
+@dataclass
+class TableState:
+    """The module's share of one table: its own chains, and the jumps into them."""
+
+    chains: Dict[str, List[str]] = field(default_factory=dict)
+    jumps: Dict[str, List[str]] = field(default_factory=dict)
+
+
+IptablesState = Dict[str, TableState]
+
+
+# --------------------------------------------------------------------------- rendering
+
+def _quote(text: str) -> str:
+    if text and not re.search(r'[\s"\\]', text):
+        return text
+    return '"%s"' % text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _comment(text: str) -> str:
+    return "-m comment --comment " + _quote(text)
+
+
+def _portal_match(service: Service) -> str:
+    return "-m {p} -p {p} -d {ip} --dport {port}".format(p=service.proto, ip=service.cluster_ip, port=service.port)
+
+
+def _probability(index: int, count: int) -> str:
+    return "%0.10f" % (1.0 / (count - index))
+
+
+def render(config: ProxyConfig) -> IptablesState:
+    """The whole desired state, as kube-proxy would write it in one sync."""
+    nat = TableState(
+        chains={KUBE_SERVICES: [], KUBE_MARK_MASQ: [], KUBE_POSTROUTING: []},
+        jumps={
+            "PREROUTING": [_comment("kubernetes service portals") + " -j " + KUBE_SERVICES],
+            "OUTPUT": [_comment("kubernetes service portals") + " -j " + KUBE_SERVICES],
+            "POSTROUTING": [_comment("kubernetes postrouting rules") + " -j " + KUBE_POSTROUTING],
+        },
+    )
+    filter_ = TableState(
+        chains={KUBE_SERVICES: []},
+        jumps={
+            chain: ["-m conntrack --ctstate NEW " + _comment("kubernetes service portals") + " -j " + KUBE_SERVICES]
+            for chain in ("FORWARD", "OUTPUT")
+        },
+    )
+
+    nat.chains[KUBE_MARK_MASQ].append("-j MARK --or-mark " + MASQ_MARK)
+    nat.chains[KUBE_POSTROUTING].extend([
+        "-m mark ! --mark {0}/{0} -j RETURN".format(MASQ_MARK),
+        # Clear the mark: a packet re-traversing the stack must not be masqueraded twice.
+        "-j MARK --xor-mark " + MASQ_MARK,
+        _comment("kubernetes service traffic requiring SNAT") + " -j MASQUERADE --random-fully",
+    ])
+
+    for service in config.services:
+        name = service.port_name_string
+        portal = _portal_match(service)
+        if not service.endpoints:
+            filter_.chains[KUBE_SERVICES].append(
+                _comment("%s has no endpoints" % name) + " " + portal + " -j REJECT")
+            continue
+
+        svc_chain = service_chain(name, service.proto)
+        cluster_ip_comment = _comment("%s cluster IP" % name)
+        nat.chains[KUBE_SERVICES].append(cluster_ip_comment + " " + portal + " -j " + svc_chain)
+
+        svc_rules = nat.chains.setdefault(svc_chain, [])
+        # Traffic from outside the cluster CIDR must come back through this node: masquerade it.
+        source = "" if config.masquerade_all else " ! -s " + config.cluster_cidr
+        svc_rules.append(cluster_ip_comment + " " + portal + source + " -j " + KUBE_MARK_MASQ)
+
+        endpoint_chains = [
+            (ip, service.endpoint_address(ip), endpoint_chain(name, service.proto, service.endpoint_address(ip)))
+            for ip in service.endpoints
+        ]
+        if service.client_ip_affinity:
+            for _ip, address, sep_chain in endpoint_chains:
+                svc_rules.append(
+                    "%s -m recent --name %s --rcheck --seconds %d --reap -j %s"
+                    % (_comment("%s -> %s" % (name, address)), sep_chain, service.session_affinity_timeout, sep_chain))
+        count = len(endpoint_chains)
+        for index, (_ip, address, sep_chain) in enumerate(endpoint_chains):
+            statistic = ""
+            if index < count - 1:
+                statistic = " -m statistic --mode random --probability " + _probability(index, count)
+            svc_rules.append(_comment("%s -> %s" % (name, address)) + statistic + " -j " + sep_chain)
+
+        for ip, address, sep_chain in endpoint_chains:
+            recent = " -m recent --name %s --set" % sep_chain if service.client_ip_affinity else ""
+            nat.chains[sep_chain] = [
+                # A pod reaching itself through the service: masquerade, or it would answer itself directly.
+                _comment(name) + " -s " + ip + " -j " + KUBE_MARK_MASQ,
+                _comment(name) + recent + " -m {p} -p {p} -j DNAT --to-destination {a}".format(p=service.proto, a=address),
+            ]
+
+    return {"nat": nat, "filter": filter_}
+
+
+def absent_state() -> IptablesState:
+    return {table: TableState() for table in TABLES}
+
+
+def restore_text(state: IptablesState) -> str:
+    """The state as a complete iptables-restore input, the way kube-proxy writes it."""
+    lines: List[str] = []
+    for table in TABLES:
+        tstate = state[table]
+        lines.append("*" + table)
+        lines.extend(":%s - [0:0]" % chain for chain in tstate.chains)
+        for chain, rules in tstate.jumps.items():
+            lines.extend("-A %s %s" % (chain, rule) for rule in rules)
+        for chain, rules in tstate.chains.items():
+            lines.extend("-A %s %s" % (chain, rule) for rule in rules)
+        lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- normalising
+
+_TOKEN = re.compile(r'"((?:[^"\\]|\\.)*)"|(\S+)')
+_GENERIC = {
+    "-s": "-s", "--source": "-s", "--src": "-s",
+    "-d": "-d", "--destination": "-d", "--dst": "-d",
+    "-i": "-i", "--in-interface": "-i",
+    "-o": "-o", "--out-interface": "-o",
+    "-p": "-p", "--protocol": "-p",
+}
+# iptables-save prints the generic matches in this order.
+_GENERIC_ORDER = ("-s", "-d", "-i", "-o", "-p")
+_IMPLICIT_PROTOCOL_MATCHES = ("tcp", "udp", "sctp")
+
+
+def tokenize(text: str) -> List[str]:
+    tokens = []
+    for quoted, bare in _TOKEN.findall(text):
+        tokens.append(re.sub(r"\\(.)", r"\1", quoted) if bare == "" else bare)
+    return tokens
+
+
+def _address(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value, strict=False))
+    except ValueError:
+        return value
+
+
+def _hex(value: str) -> int:
+    return int(value, 0)
+
+
+def _mark_value(value: str, default_mask: int) -> Tuple[int, int]:
+    mark, _, mask = value.partition("/")
+    return _hex(mark), (_hex(mask) if mask else default_mask)
+
+
+# An option: (negated, name, values).
+Option = Tuple[bool, str, Tuple[str, ...]]
+
+
+def _normalise_statistic(options: List[Option]) -> List[Option]:
+    result = []
+    for negated, name, values in options:
+        if name == "--probability":
+            # The kernel keeps the probability in steps of 1/2^31 (libxt_statistic: lround).
+            kept = int(0x80000000 * float(values[0]) + 0.5)
+            values = ("%.11f" % (kept / 0x80000000),)
+        result.append((negated, name, values))
+    return result
+
+
+def _normalise_recent(options: List[Option]) -> List[Option]:
+    """libxt_recent prints: command, --seconds, --reap, --hitcount, --rttl, --name, --mask, side."""
+    given = {name: (negated, values) for negated, name, values in options}
+    result: List[Option] = []
+    for command in ("--set", "--rcheck", "--update", "--remove"):
+        if command in given:
+            result.append((given[command][0], command, ()))
+    for name in ("--seconds", "--reap", "--hitcount", "--rttl"):
+        if name in given:
+            result.append((False, name, given[name][1]))
+    result.append((False, "--name", given.get("--name", (False, ("DEFAULT",)))[1]))
+    result.append((False, "--mask", given.get("--mask", (False, ("255.255.255.255",)))[1]))
+    result.append((False, "--rdest" if "--rdest" in given else "--rsource", ()))
+    return result
+
+
+def _normalise_mark_target(options: List[Option]) -> List[Option]:
+    """MARK's --or-mark/--xor-mark/--set-mark are all saved as --set-xmark value/mask."""
+    result = []
+    for negated, name, values in options:
+        if name == "--or-mark":
+            mark = _hex(values[0])
+            values, name = ("0x%x/0x%x" % (mark, mark),), "--set-xmark"
+        elif name == "--xor-mark":
+            values, name = ("0x%x/0x0" % _hex(values[0]),), "--set-xmark"
+        elif name == "--and-mark":
+            values, name = ("0x0/0x%x" % (~_hex(values[0]) & 0xFFFFFFFF),), "--set-xmark"
+        elif name in ("--set-mark", "--set-xmark"):
+            mark, mask = _mark_value(values[0], 0xFFFFFFFF)
+            values, name = ("0x%x/0x%x" % (mark, mask),), "--set-xmark"
+        result.append((negated, name, values))
+    return result
+
+
+def _normalise_mark_match(options: List[Option]) -> List[Option]:
+    result = []
+    for negated, name, values in options:
+        if name == "--mark":
+            mark, mask = _mark_value(values[0], 0xFFFFFFFF)
+            values = ("0x%x/0x%x" % (mark, mask),) if mask != 0xFFFFFFFF else ("0x%x" % mark,)
+        result.append((negated, name, values))
+    return result
+
+
+def _normalise_reject(options: List[Option]) -> List[Option]:
+    return options or [(False, "--reject-with", ("icmp-port-unreachable",))]
+
+
+_MATCH_NORMALISERS = {
+    "statistic": _normalise_statistic,
+    "recent": _normalise_recent,
+    "mark": _normalise_mark_match,
+}
+_TARGET_NORMALISERS = {
+    "MARK": _normalise_mark_target,
+    "REJECT": _normalise_reject,
+}
+
+
+def normalise_rule(text: str) -> Rule:
+    """A rule's arguments (without ``-A CHAIN``) in the form iptables-save prints them."""
+    tokens = tokenize(text)
+    generic: Dict[str, Tuple[bool, str]] = {}
+    matches: List[Tuple[str, List[Option]]] = []
+    target: Optional[Tuple[str, str, List[Option]]] = None
+    options: Optional[List[Option]] = None
+    negated = False
+    position = 0
+    while position < len(tokens):
+        token = tokens[position]
+        position += 1
+        if token == "!":
+            negated = True
+            continue
+        if token in _GENERIC:
+            value = tokens[position]
+            position += 1
+            short = _GENERIC[token]
+            generic[short] = (negated, value.lower() if short == "-p" else (
+                _address(value) if short in ("-s", "-d") else value))
+            negated = False
+            continue
+        if token in ("-m", "--match"):
+            options = []
+            matches.append((tokens[position], options))
+            position += 1
+            continue
+        if token in ("-j", "--jump", "-g", "--goto"):
+            options = []
+            target = ("-g" if token in ("-g", "--goto") else "-j", tokens[position], options)
+            position += 1
+            continue
+        values = []
+        while position < len(tokens) and not tokens[position].startswith("-") and tokens[position] != "!":
+            values.append(tokens[position])
+            position += 1
+        if options is None:
+            # `-p tcp --dport 80` without `-m tcp`: iptables loads the protocol match itself.
+            protocol = generic.get("-p", (False, ""))[1]
+            if protocol not in _IMPLICIT_PROTOCOL_MATCHES:
+                raise ValueError("option %s outside a match in rule %r" % (token, text))
+            options = []
+            matches.append((protocol, options))
+        options.append((negated, token, tuple(values)))
+        negated = False
+
+    result: List[str] = []
+    for short in _GENERIC_ORDER:
+        if short in generic:
+            is_negated, value = generic[short]
+            result.extend((["!"] if is_negated else []) + [short, value])
+    for name, match_options in matches:
+        result.extend(["-m", name])
+        result.extend(_flatten(_MATCH_NORMALISERS.get(name, list)(match_options)))
+    if target is not None:
+        kind, name, target_options = target
+        result.extend([kind, name])
+        result.extend(_flatten(_TARGET_NORMALISERS.get(name, list)(target_options)))
+    return tuple(result)
+
+
+def _flatten(options: Iterable[Option]) -> List[str]:
+    flat: List[str] = []
+    for negated, name, values in options:
+        flat.extend((["!"] if negated else []) + [name] + list(values))
+    return flat
+
+
+def rule_text(rule: Rule) -> str:
+    """A normalised rule as iptables-save prints it (which always quotes comments)."""
+    words = []
+    for position, token in enumerate(rule):
+        always = position > 0 and rule[position - 1] == "--comment"
+        words.append('"%s"' % token.replace('"', '\\"') if always else _quote(token))
+    return " ".join(words)
+
+
+def jump_target(rule: Rule) -> Optional[str]:
+    for position, token in enumerate(rule[:-1]):
+        if token in ("-j", "-g"):
+            return rule[position + 1]
+    return None
+
+
+# --------------------------------------------------------------------------- live state
+
+@dataclass
+class LiveTable:
+    """What iptables-save shows of one table, normalised, restricted to what the module owns."""
+
+    chains: Dict[str, List[Rule]] = field(default_factory=dict)
+    jumps: Dict[str, List[Rule]] = field(default_factory=dict)
+
+
+@dataclass
+class LiveState:
+    tables: Dict[str, LiveTable]
+    backend: Optional[str]
+
+
+def parse_save(text: str) -> LiveState:
+    """Read ``iptables-save`` output; keep the KUBE-* chains and the jumps into them."""
+    tables = {table: LiveTable() for table in TABLES}
+    # iptables-nft-save names its backend in the header; iptables-legacy-save names none.
+    header = re.search(r"^# Generated by iptables(?:-\w+)?-save v\S+(?: \((\w+)\))?", text, re.MULTILINE)
+    current: Optional[LiveTable] = None
+    for line in text.splitlines():
+        if line.startswith("*"):
+            current = tables.get(line[1:].strip())
+        elif current is None or not line or line.startswith("#") or line == "COMMIT":
+            continue
+        elif line.startswith(":"):
+            chain = line[1:].split()[0]
+            if chain.startswith(OWNED_CHAIN_PREFIX):
+                current.chains.setdefault(chain, [])
+        elif line.startswith("-A "):
+            _, chain, rest = line.split(" ", 2)
+            rule = normalise_rule(rest)
+            if chain.startswith(OWNED_CHAIN_PREFIX):
+                current.chains.setdefault(chain, []).append(rule)
+            else:
+                target = jump_target(rule)
+                if target and target.startswith(OWNED_CHAIN_PREFIX):
+                    current.jumps.setdefault(chain, []).append(rule)
+    backend = (header.group(1) or "legacy") if header else None
+    return LiveState(tables=tables, backend=backend)
+
+
+# --------------------------------------------------------------------------- planning
+
+@dataclass
+class Plan:
+    """What one ``iptables-restore --noflush`` must do, and the before/after for --diff."""
+
+    restore: str
+    changed: bool
+    before: str
+    after: str
+    changed_chains: List[str]
+    deleted_chains: List[str]
+
+
+def _normalised(rules: List[str]) -> List[Rule]:
+    return [normalise_rule(rule) for rule in rules]
+
+
+def _saved_form(tables: Dict[str, Tuple[Dict[str, List[Rule]], Dict[str, List[Rule]]]]) -> str:
+    lines: List[str] = []
+    for table in TABLES:
+        chains, jumps = tables[table]
+        if not chains and not jumps:
+            continue
+        lines.append("*" + table)
+        lines.extend(":%s - [0:0]" % chain for chain in sorted(chains))
+        for chain in BUILTIN_CHAINS[table]:
+            lines.extend("-A %s %s" % (chain, rule_text(rule)) for rule in jumps.get(chain, []))
+        for chain in sorted(chains):
+            lines.extend("-A %s %s" % (chain, rule_text(rule)) for rule in chains[chain])
+        lines.append("COMMIT")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def plan(desired: IptablesState, live: LiveState) -> Plan:
+    """Rewrite the chains that differ, delete the stale ones, fix the jumps: one restore."""
+    restore: List[str] = []
+    changed_chains: List[str] = []
+    deleted_chains: List[str] = []
+    before: Dict[str, Tuple[Dict[str, List[Rule]], Dict[str, List[Rule]]]] = {}
+    after: Dict[str, Tuple[Dict[str, List[Rule]], Dict[str, List[Rule]]]] = {}
+
+    for table in TABLES:
+        want = desired[table]
+        have = live.tables[table]
+        want_chains = {chain: _normalised(rules) for chain, rules in want.chains.items()}
+        want_jumps = {chain: _normalised(rules) for chain, rules in want.jumps.items() if rules}
+        before[table] = (have.chains, have.jumps)
+        after[table] = (want_chains, want_jumps)
+
+        rewrite = [chain for chain in want.chains if have.chains.get(chain) != want_chains[chain]]
+        delete = sorted(chain for chain in have.chains if chain not in want.chains)
+        jump_chains = [
+            chain for chain in BUILTIN_CHAINS[table]
+            if have.jumps.get(chain, []) != want_jumps.get(chain, [])
+        ]
+        if not (rewrite or delete or jump_chains):
+            continue
+
+        restore.append("*" + table)
+        # Declaring a chain under --noflush creates it, or flushes it when it exists.
+        restore.extend(":%s - [0:0]" % chain for chain in rewrite + delete)
+        for chain in jump_chains:
+            restore.extend("-D %s %s" % (chain, rule_text(rule)) for rule in have.jumps.get(chain, []))
+        for chain in rewrite:
+            restore.extend("-A %s %s" % (chain, rule) for rule in want.chains[chain])
+        for chain in jump_chains:
+            # kube-proxy puts its jumps first in the built-in chains.
+            for position, rule in enumerate(want.jumps.get(chain, []), start=1):
+                restore.append("-I %s %d %s" % (chain, position, rule))
+        restore.extend("-X %s" % chain for chain in delete)
+        restore.append("COMMIT")
+        changed_chains.extend("%s/%s" % (table, chain) for chain in rewrite)
+        deleted_chains.extend("%s/%s" % (table, chain) for chain in delete)
+
+    return Plan(
+        restore="\n".join(restore) + "\n" if restore else "",
+        changed=bool(restore),
+        before=_saved_form(before),
+        after=_saved_form(after),
+        changed_chains=changed_chains,
+        deleted_chains=deleted_chains,
+    )

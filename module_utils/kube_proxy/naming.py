@@ -1,0 +1,26 @@
+"""kube-proxy's object names, computed the way pkg/proxy/iptables/proxier.go does.
+
+A chain name carries a hash of the ServicePortName (and endpoint) so it stays short,
+stable across restarts and unique per service port.
+"""
+
+import base64
+import hashlib
+
+SERVICE_CHAIN_PREFIX = "KUBE-SVC-"
+ENDPOINT_CHAIN_PREFIX = "KUBE-SEP-"
+
+
+def _hash16(text: str) -> str:
+    digest = hashlib.sha256(text.encode()).digest()
+    return base64.b32encode(digest).decode()[:16]
+
+
+def service_chain(port_name_string: str, proto: str) -> str:
+    """portProtoHash: ``KUBE-SVC-`` + 16 chars of base32(sha256(servicePortName + protocol))."""
+    return SERVICE_CHAIN_PREFIX + _hash16(port_name_string + proto)
+
+
+def endpoint_chain(port_name_string: str, proto: str, endpoint: str) -> str:
+    """servicePortEndpointChainName: the hash also covers the endpoint ``IP:port``."""
+    return ENDPOINT_CHAIN_PREFIX + _hash16(port_name_string + proto + endpoint)

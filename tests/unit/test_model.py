@@ -1,0 +1,136 @@
+"""Bad input fails before anything is applied, with a message naming the field."""
+
+import pytest
+
+from kube_proxy.model import ValidationError, build_config, validate_netns
+from lab_services import APP1, config
+
+
+def service(**overrides):
+    merged = dict(APP1)
+    merged.update(overrides)
+    return merged
+
+
+def test_app1_builds_with_kube_proxy_defaults():
+    (svc,) = config(APP1).services
+    assert svc.port_name_string == "default/app1"
+    assert svc.proto == "tcp"
+    assert svc.session_affinity == "None"
+    assert svc.session_affinity_timeout == 10800
+    assert svc.endpoints == ("10.0.0.2", "10.0.0.3", "10.0.0.4")
+
+
+def test_named_port_is_part_of_the_service_port_name():
+    (svc,) = config(service(port_name="http")).services
+    assert svc.port_name_string == "default/app1:http"
+
+
+def test_target_port_defaults_to_port():
+    raw = service()
+    del raw["target_port"]
+    assert config(raw).services[0].target_port == 80
+
+
+@pytest.mark.parametrize(
+    "overrides, field, words",
+    [
+        (dict(cluster_ip="10.96.0.300"), "services[0].cluster_ip", "not an IPv4 address"),
+        (dict(cluster_ip=""), "services[0].cluster_ip", "required"),
+        (dict(cluster_ip="fd00::10"), "services[0].cluster_ip", "not an IPv4 address"),
+        (dict(endpoints=["10.0.0.2", "pod3"]), "services[0].endpoints[1]", "not an IPv4 address"),
+        (dict(endpoints=["10.0.0.2", "10.0.0.2"]), "services[0].endpoints[1]", "listed twice"),
+        (dict(endpoints="10.0.0.2"), "services[0].endpoints", "must be a list"),
+        (dict(port=0), "services[0].port", "not a port"),
+        (dict(port=65536), "services[0].port", "not a port"),
+        (dict(port="http"), "services[0].port", "not a port"),
+        (dict(port=True), "services[0].port", "not a port"),
+        (dict(target_port=70000), "services[0].target_port", "not a port"),
+        (dict(protocol="ICMP"), "services[0].protocol", "not one of TCP, UDP, SCTP"),
+        (dict(protocol="tcp"), "services[0].protocol", "not one of"),
+        (dict(name="App1"), "services[0].name", "not a valid Kubernetes Service name"),
+        (dict(name="1app"), "services[0].name", "starting with a letter"),
+        (dict(name="a" * 64), "services[0].name", "at most 63"),
+        (dict(name=None), "services[0].name", "required"),
+        (dict(namespace="kube_system"), "services[0].namespace", "not a valid Kubernetes namespace name"),
+        (dict(port_name="HTTP"), "services[0].port_name", "not a valid Kubernetes port name"),
+        (dict(session_affinity="Cookie"), "services[0].session_affinity", "not one of None, ClientIP"),
+        (dict(session_affinity_timeout=0), "services[0].session_affinity_timeout", "1..86400"),
+        (dict(session_affinity_timeout=86401), "services[0].session_affinity_timeout", "1..86400"),
+        (dict(colour="blue"), "services[0].colour", "unknown field"),
+    ],
+)
+def test_bad_service_field_is_named(overrides, field, words):
+    with pytest.raises(ValidationError) as caught:
+        config(service(**overrides))
+    assert caught.value.field == field
+    assert words in str(caught.value)
+    assert str(caught.value).startswith(field + ": ")
+
+
+def test_service_that_is_not_a_mapping():
+    with pytest.raises(ValidationError) as caught:
+        config("app1")
+    assert caught.value.field == "services[0]"
+
+
+def test_duplicate_service_port_name():
+    with pytest.raises(ValidationError) as caught:
+        config(APP1, service(cluster_ip="10.96.0.20"))
+    assert caught.value.field == "services[1]"
+    assert "default/app1 TCP is declared twice (also services[0])" in str(caught.value)
+
+
+def test_duplicate_portal():
+    with pytest.raises(ValidationError) as caught:
+        config(APP1, service(name="app2"))
+    assert caught.value.field == "services[1]"
+    assert "10.96.0.10:80/TCP is already served by services[0]" in str(caught.value)
+
+
+def test_same_port_other_protocol_is_a_different_service_port():
+    assert len(config(APP1, service(protocol="UDP")).services) == 2
+
+
+@pytest.mark.parametrize(
+    "cidr, words",
+    [
+        ("10.0.0.0/33", "not an IPv4 CIDR"),
+        ("banana", "not an IPv4 CIDR"),
+        ("10.0.0.1/24", "host bits set; did you mean 10.0.0.0/24?"),
+        ("10.0.0.0", "no prefix length"),
+    ],
+)
+def test_bad_cluster_cidr(cidr, words):
+    with pytest.raises(ValidationError) as caught:
+        config(APP1, cluster_cidr=cidr)
+    assert caught.value.field == "cluster_cidr"
+    assert words in str(caught.value)
+
+
+@pytest.mark.parametrize("field, options", [
+    ("mode", dict(mode="userspace")),
+    ("ipvs_scheduler", dict(ipvs_scheduler="random")),
+])
+def test_bad_choice(field, options):
+    with pytest.raises(ValidationError) as caught:
+        build_config(cluster_cidr="10.0.0.0/24", services=[APP1], **dict(dict(mode="iptables"), **options))
+    assert caught.value.field == field
+
+
+def test_services_must_be_a_list():
+    with pytest.raises(ValidationError) as caught:
+        build_config("iptables", "10.0.0.0/24", APP1)
+    assert caught.value.field == "services"
+
+
+@pytest.mark.parametrize("name", ["", None, "../etc", "lab/node", ".", "..", "-x", "n" * 64, 42])
+def test_bad_netns(name):
+    with pytest.raises(ValidationError) as caught:
+        validate_netns(name)
+    assert caught.value.field == "netns"
+
+
+@pytest.mark.parametrize("name", ["lab-node", "node_1", "bench.3"])
+def test_good_netns(name):
+    assert validate_netns(name) == name

@@ -14,8 +14,10 @@ from typing import Dict, Iterable, List, Optional, Tuple
 from .model import ProxyConfig, Service
 from .naming import endpoint_chain, service_chain
 
-MASQ_MARK = "0x4000"
-TABLES = ("nat", "filter")
+# kube-proxy formats the mark with %#08x; iptables-save prints it back as 0x4000.
+MASQ_MARK = "0x00004000"
+# kube-proxy writes filter first, then nat.
+TABLES = ("filter", "nat")
 # Every KUBE-* chain in the node belongs to the module: it plays kube-proxy there, and
 # kube-proxy, too, clears the chains another mode left behind.
 OWNED_CHAIN_PREFIX = "KUBE-"
@@ -25,6 +27,7 @@ BUILTIN_CHAINS = {
 }
 
 KUBE_SERVICES = "KUBE-SERVICES"
+KUBE_NODEPORTS = "KUBE-NODEPORTS"
 KUBE_MARK_MASQ = "KUBE-MARK-MASQ"
 KUBE_POSTROUTING = "KUBE-POSTROUTING"
 
@@ -65,7 +68,7 @@ def _probability(index: int, count: int) -> str:
 def render(config: ProxyConfig) -> IptablesState:
     """The whole desired state, as kube-proxy would write it in one sync."""
     nat = TableState(
-        chains={KUBE_SERVICES: [], KUBE_MARK_MASQ: [], KUBE_POSTROUTING: []},
+        chains={KUBE_SERVICES: [], KUBE_NODEPORTS: [], KUBE_POSTROUTING: [], KUBE_MARK_MASQ: []},
         jumps={
             "PREROUTING": [_comment("kubernetes service portals") + " -j " + KUBE_SERVICES],
             "OUTPUT": [_comment("kubernetes service portals") + " -j " + KUBE_SERVICES],
@@ -129,7 +132,11 @@ def render(config: ProxyConfig) -> IptablesState:
                 _comment(name) + recent + " -m {p} -p {p} -j DNAT --to-destination {a}".format(p=service.proto, a=address),
             ]
 
-    return {"nat": nat, "filter": filter_}
+    # The lab declares no NodePorts, but kube-proxy always ends KUBE-SERVICES with this jump.
+    nat.chains[KUBE_SERVICES].append(
+        _comment("kubernetes service nodeports; NOTE: this must be the last rule in this chain")
+        + " -m addrtype --dst-type LOCAL -j " + KUBE_NODEPORTS)
+    return {"filter": filter_, "nat": nat}
 
 
 def absent_state() -> IptablesState:

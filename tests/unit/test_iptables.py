@@ -33,6 +33,11 @@ def test_probabilities_are_one_over_remaining_endpoints():
     assert probabilities == ["0.2000000000", "0.2500000000", "0.3333333333", "0.5000000000", None]
 
 
+def test_kube_services_ends_with_the_nodeports_jump():
+    rules = iptables.render(config(APP1))["nat"].chains["KUBE-SERVICES"]
+    assert rules[-1].endswith("-m addrtype --dst-type LOCAL -j KUBE-NODEPORTS")
+
+
 def test_masquerade_all_drops_the_source_condition():
     nat = iptables.render(config(APP1, masquerade_all=True))["nat"]
     first = [rules[0] for chain, rules in nat.chains.items() if chain.startswith("KUBE-SVC-")][0]
@@ -42,7 +47,7 @@ def test_masquerade_all_drops_the_source_condition():
 def test_service_without_endpoints_has_no_nat_chains_and_a_reject():
     state = iptables.render(config(NO_ENDPOINTS))
     assert not [chain for chain in state["nat"].chains if chain.startswith(("KUBE-SVC-", "KUBE-SEP-"))]
-    assert state["nat"].chains["KUBE-SERVICES"] == []
+    assert [rule for rule in state["nat"].chains["KUBE-SERVICES"] if "KUBE-NODEPORTS" not in rule] == []
     assert state["filter"].chains["KUBE-SERVICES"] == [
         '-m comment --comment "default/gone has no endpoints" -m udp -p udp -d 10.96.0.11 --dport 53 -j REJECT'
     ]

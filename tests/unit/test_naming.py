@@ -10,6 +10,12 @@ from kube_proxy.naming import endpoint_chain, service_chain
     [
         # pkg/proxy/iptables/proxier_test.go (TestOverallIPTablesRules and friends)
         ("ns1/svc1:p80", "tcp", "KUBE-SVC-XPGD46QRK7WJZT7O"),
+        ("ns2/svc2:p80", "tcp", "KUBE-SVC-GNZBNJ2PO5MGZ6GT"),
+        ("ns3/svc3:p80", "tcp", "KUBE-SVC-X27LE4BHSL4DOUIK"),
+        ("ns4/svc4:p80", "tcp", "KUBE-SVC-4SW47YFZTEDKD3PK"),
+        ("ns2/svc2:p8080", "tcp", "KUBE-SVC-2VJB64SDSIJUP5T6"),
+        # an unnamed port: the servicePortName is just ns/name (TestInternalTrafficPolicy)
+        ("ns1/svc1", "tcp", "KUBE-SVC-AQI2S6QIMU7PVVRP"),
     ],
 )
 def test_service_chain_matches_kube_proxy_fixtures(port_name, proto, expected):
@@ -20,6 +26,12 @@ def test_service_chain_matches_kube_proxy_fixtures(port_name, proto, expected):
     "port_name, proto, endpoint, expected",
     [
         ("ns1/svc1:p80", "tcp", "10.180.0.1:80", "KUBE-SEP-SXIVWICOYRO3J4NJ"),
+        ("ns2/svc2:p80", "tcp", "10.180.0.2:80", "KUBE-SEP-RS4RBKLTHTF2IUXJ"),
+        ("ns4/svc4:p80", "tcp", "10.180.0.4:80", "KUBE-SEP-UKSFD7AGPMPPLUHC"),
+        ("ns4/svc4:p80", "tcp", "10.180.0.5:80", "KUBE-SEP-C6EBXVWJJZMIWKLZ"),
+        ("ns5/svc5:p80", "tcp", "10.180.0.3:80", "KUBE-SEP-I77PXRDZVX7PMWMN"),
+        ("ns1/svc1", "tcp", "10.0.1.1:80", "KUBE-SEP-3JOIVZTXZZRGORX4"),
+        ("ns1/svc1", "tcp", "10.0.1.3:80", "KUBE-SEP-XGJFVO3L2O5SRFNT"),
     ],
 )
 def test_endpoint_chain_matches_kube_proxy_fixtures(port_name, proto, endpoint, expected):

@@ -198,7 +198,7 @@ deleted_chains:
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.kube_proxy import iptables
+from ansible.module_utils.kube_proxy import iptables, ipvs, sync
 from ansible.module_utils.kube_proxy.model import (
     AFFINITIES,
     DEFAULT_AFFINITY_TIMEOUT,
@@ -212,6 +212,9 @@ from ansible.module_utils.kube_proxy.model import (
 )
 
 NETNS_DIR = "/run/netns"
+# Present while the kernel has IPVS loaded (as a module or built in); without it no
+# namespace can hold a virtual server, so there is nothing to read or clean.
+IP_VS_LOADED = "/sys/module/ip_vs"
 
 SERVICE_OPTIONS = dict(
     namespace=dict(type="str", default="default"),
@@ -237,54 +240,73 @@ ARGUMENT_SPEC = dict(
 )
 
 NOT_YET = {
-    "ipvs": "mode=ipvs is not implemented yet (issue 3); use mode=iptables",
-    "nftables": "mode=nftables is not implemented yet (issue 4); use mode=iptables",
+    "nftables": "mode=nftables is not implemented yet (issue 4); use mode=iptables or mode=ipvs",
 }
+NO_IPVS = (
+    "mode=ipvs needs IPVS (IP_VS) in the kernel, and this kernel cannot load it (%s). "
+    "Run the lab inside the user-mode-linux node, whose kernel has it: make lab-shell MODE=ipvs"
+)
 
 
 class Node:
-    """Runs argv lists inside the node's network namespace and fails the module on error."""
+    """Runs argv lists inside the node's network namespace."""
 
     def __init__(self, module, netns):
         self.module = module
         self.netns = netns
 
-    def run(self, *argv, data=None):
+    def probe(self, *argv, data=None):
         command = ["ip", "netns", "exec", self.netns] + list(argv)
-        rc, stdout, stderr = self.module.run_command(command, data=data, binary_data=True)
+        return self.module.run_command(command, data=data, binary_data=True)
+
+    def run(self, *argv, data=None):
+        """Like probe, but a failure fails the module, naming the command and the namespace."""
+        rc, stdout, stderr = self.probe(*argv, data=data)
         if rc != 0:
             self.module.fail_json(
                 msg="%s failed in network namespace %s: %s" % (argv[0], self.netns, (stderr or stdout).strip()),
-                cmd=command, rc=rc, stdout=stdout, stderr=stderr,
+                cmd=["ip", "netns", "exec", self.netns] + list(argv), rc=rc, stdout=stdout, stderr=stderr,
             )
         return stdout
 
 
-def sync_iptables(module, node, config, present):
-    desired = iptables.render(config) if present else iptables.absent_state()
-    live = iptables.parse_save(node.run("iptables-save"))
-    plan = iptables.plan(desired, live)
-    if plan.changed and not module.check_mode:
-        node.run("iptables-restore", "--noflush", data=plan.restore)
-    result = dict(
-        changed=plan.changed,
-        rules=iptables.restore_text(desired) if present else "",
-        changed_chains=plan.changed_chains,
-        deleted_chains=plan.deleted_chains,
-    )
-    backend = live.backend
-    if backend is None and present:
-        version = node.run("iptables", "--version")
-        backend = "legacy" if "(legacy)" in version else "nf_tables" if "nf_tables" in version else None
-    if backend:
-        result["iptables_backend"] = backend
-    if module._diff:
-        result["diff"] = dict(
-            before=plan.before, after=plan.after,
-            before_header="%s: iptables-save, KUBE-* (before)" % node.netns,
-            after_header="%s: iptables-save, KUBE-* (after)" % node.netns,
+def load_ipvs(module, scheduler):
+    """Load IPVS, the scheduler and the dummy device driver, as kube-proxy requires them.
+
+    In check mode only ask modprobe whether it could (--dry-run), so --check tells the truth
+    on a kernel without IPVS and changes nothing on one with it.
+    """
+    dry_run = ["--dry-run"] if module.check_mode else []
+    rc, _stdout, stderr = module.run_command(["modprobe"] + dry_run + ["ip_vs"])
+    if rc != 0 or not (module.check_mode or os.path.exists(IP_VS_LOADED)):
+        module.fail_json(msg=NO_IPVS % ("modprobe ip_vs: %s" % (stderr.strip() or "loaded nothing")))
+    for kernel_module in ("ip_vs_" + scheduler, "dummy"):
+        rc, _stdout, stderr = module.run_command(["modprobe"] + dry_run + [kernel_module])
+        if rc != 0:
+            module.fail_json(msg="modprobe %s failed: %s" % (kernel_module, stderr.strip()))
+
+
+def read_live(module, node, config, present):
+    live = sync.Live(iptables_save=node.run("iptables-save"))
+    if module.get_bin_path("ipset"):
+        live.ipset_save = node.run("ipset", "save")
+    if os.path.exists(IP_VS_LOADED):
+        live.ipvsadm_save = node.run("ipvsadm-save", "-n")
+    rc, stdout, _stderr = node.probe("ip", "-o", "-4", "address", "show", "dev", ipvs.DUMMY_DEVICE)
+    live.ipvs_device = stdout if rc == 0 else None
+    if present and config.mode == "ipvs":
+        _rc, stdout, _stderr = node.probe("sysctl", "-e", *[key for key, _value in ipvs.SYSCTLS])
+        live.sysctls = dict(
+            (key.strip(), value.strip()) for key, _sep, value in
+            (line.partition("=") for line in stdout.splitlines()) if _sep
         )
-    return result
+    return live
+
+
+def apply(node, steps):
+    for step in steps:
+        for argv, data in step.commands:
+            node.run(*argv, data=data)
 
 
 def run_module(module):
@@ -311,8 +333,33 @@ def run_module(module):
         module.fail_json(
             msg="network namespace %s does not exist (ip netns list); create the node first, "
                 "e.g. with the lab_node role" % netns, **result)
+    if present and config.mode == "ipvs":
+        load_ipvs(module, config.ipvs_scheduler)
 
-    result.update(sync_iptables(module, Node(module, netns), config, present))
+    node = Node(module, netns)
+    plan = sync.plan(config, present, read_live(module, node, config, present))
+    if not module.check_mode:
+        apply(node, plan.steps)
+
+    result.update(
+        changed=plan.changed,
+        rules=plan.rules,
+        changed_chains=plan.changed_chains,
+        deleted_chains=plan.deleted_chains,
+    )
+    backend = plan.iptables_backend
+    if backend is None and present:
+        # An empty node's iptables-save prints no header to tell the backend by.
+        backend = iptables.backend_of(node.run("iptables", "--version"))
+    if backend:
+        result["iptables_backend"] = backend
+    if module._diff:
+        result["diff"] = [
+            dict(before=step.before, after=step.after,
+                 before_header="%s: %s (before)" % (netns, step.name),
+                 after_header="%s: %s (after)" % (netns, step.name))
+            for step in plan.steps if step.commands
+        ]
     module.exit_json(**result)
 
 

@@ -399,6 +399,12 @@ def parse_save(text: str) -> LiveState:
     return LiveState(tables=tables, backend=backend)
 
 
+def backend_of(version: str) -> Optional[str]:
+    """The backend named by ``iptables --version``: ``iptables v1.8.9 (nf_tables)``."""
+    found = re.search(r"\((\w+)\)", version)
+    return found.group(1) if found else None
+
+
 # --------------------------------------------------------------------------- planning
 
 @dataclass

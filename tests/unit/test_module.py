@@ -43,27 +43,44 @@ def netns_exists(monkeypatch, tmp_path):
     monkeypatch.setattr(kube_proxy_module, "NETNS_DIR", str(tmp_path))
 
 
-class FakeNode:
-    """Answers run_command like a node whose iptables-save prints ``save``."""
+@pytest.fixture(autouse=True)
+def kernel_without_ipvs(monkeypatch, tmp_path):
+    monkeypatch.setattr(kube_proxy_module, "IP_VS_LOADED", str(tmp_path / "no-ip_vs"))
+    monkeypatch.setattr(basic.AnsibleModule, "get_bin_path", lambda self, name, *a, **k: "/usr/sbin/" + name)
 
-    def __init__(self, save="", fail_on=None):
-        self.save = save
-        self.fail_on = fail_on
+
+@pytest.fixture
+def kernel_with_ipvs(monkeypatch, tmp_path):
+    (tmp_path / "ip_vs").mkdir()
+    monkeypatch.setattr(kube_proxy_module, "IP_VS_LOADED", str(tmp_path / "ip_vs"))
+
+
+class FakeNode:
+    """Answers run_command like a node: ``answers`` maps a command name to (rc, stdout, stderr)."""
+
+    def __init__(self, save="", **answers):
+        self.answers = {
+            "iptables-save": (0, save, ""),
+            "iptables": (0, "iptables v1.8.9 (nf_tables)\n", ""),
+            "ip -o": (1, "", 'Device "kube-ipvs0" does not exist.\n'),
+        }
+        self.answers.update({name.replace("_", "-"): answer for name, answer in answers.items()})
         self.calls = []
 
     def __call__(self, argv, data=None, binary_data=False, **_kwargs):
         self.calls.append((argv, data))
-        command = argv[4]
-        if command == self.fail_on:
-            return 1, "", "%s: something broke" % command
-        if command == "iptables-save":
-            return 0, self.save, ""
-        if command == "iptables":
-            return 0, "iptables v1.8.9 (nf_tables)\n", ""
-        return 0, "", ""
+        command = argv[4:] if argv[:3] == ["ip", "netns", "exec"] else argv
+        return self.answers.get(" ".join(command[:2]), self.answers.get(command[0], (0, "", "")))
 
     def commands(self):
-        return [argv[4:] for argv, _data in self.calls]
+        return [argv[4:] if argv[:3] == ["ip", "netns", "exec"] else argv for argv, _data in self.calls]
+
+    def changes(self):
+        readers = {"iptables-save", "ipvsadm-save", "iptables"}
+        return [command for command in self.commands()
+                if command[0] not in readers and command[:2] != ["ipset", "save"]
+                and command[:3] != ["ip", "-o", "-4"] and command[0] not in ("sysctl", "modprobe")
+                or command[:2] == ["sysctl", "-w"]]
 
 
 def run(monkeypatch, args, node, check_mode=False, diff=False):
@@ -93,6 +110,13 @@ def test_every_command_runs_inside_the_node_namespace(monkeypatch, netns_exists)
         assert argv[:4] == ["ip", "netns", "exec", "lab-node"]
 
 
+def test_only_modprobe_runs_outside_the_namespace(monkeypatch, netns_exists, kernel_with_ipvs):
+    node = FakeNode()
+    run(monkeypatch, app1_args(mode="ipvs"), node)
+    outside = [argv for argv, _data in node.calls if argv[:4] != ["ip", "netns", "exec", "lab-node"]]
+    assert outside == [["modprobe", "ip_vs"], ["modprobe", "ip_vs_rr"], ["modprobe", "dummy"]]
+
+
 def test_empty_node_is_programmed_with_one_restore(monkeypatch, netns_exists):
     node = FakeNode()
     outcome = run(monkeypatch, app1_args(), node)
@@ -111,9 +135,11 @@ def test_check_mode_reports_but_never_restores(monkeypatch, netns_exists):
     node = FakeNode()
     outcome = run(monkeypatch, app1_args(), node, check_mode=True, diff=True)
     assert outcome.result["changed"] is True
-    assert ["iptables-restore", "--noflush"] not in node.commands()
-    assert outcome.result["diff"]["before"] == ""
-    assert "-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000" in outcome.result["diff"]["after"]
+    assert node.changes() == []
+    (iptables_diff,) = outcome.result["diff"]
+    assert iptables_diff["before"] == ""
+    assert iptables_diff["before_header"] == "lab-node: iptables (before)"
+    assert "-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000" in iptables_diff["after"]
 
 
 def test_matching_live_state_changes_nothing(monkeypatch, netns_exists):
@@ -124,7 +150,8 @@ def test_matching_live_state_changes_nothing(monkeypatch, netns_exists):
     node = FakeNode(save=LIVE_SAVE)
     outcome = run(monkeypatch, app1_args(services=mixed), node)
     assert outcome.result["changed"] is False
-    assert node.commands() == [["iptables-save"]]
+    assert node.changes() == []
+    assert node.commands() == [["iptables-save"], ["ipset", "save"], ["ip", "-o", "-4", "address", "show", "dev", "kube-ipvs0"]]
 
 
 def test_absent_removes_owned_state(monkeypatch, netns_exists):
@@ -166,17 +193,47 @@ def test_unknown_mode_is_refused_by_name(monkeypatch, netns_exists):
     assert "mode" in outcome.result["msg"] and "userspace" in outcome.result["msg"]
 
 
-@pytest.mark.parametrize("mode", ["ipvs", "nftables"])
-def test_modes_not_built_yet_say_so(monkeypatch, netns_exists, mode):
+def test_nftables_mode_not_built_yet_says_so(monkeypatch, netns_exists):
     node = FakeNode()
-    outcome = run(monkeypatch, app1_args(mode=mode), node)
+    outcome = run(monkeypatch, app1_args(mode="nftables"), node)
     assert outcome.failed
     assert "not implemented yet" in outcome.result["msg"]
     assert node.calls == []
 
 
+def test_ipvs_on_a_kernel_without_ip_vs_names_the_way_out(monkeypatch, netns_exists):
+    node = FakeNode(modprobe=(1, "", "modprobe: FATAL: Module ip_vs not found in directory /lib/modules/6.18\n"))
+    outcome = run(monkeypatch, app1_args(mode="ipvs"), node)
+    assert outcome.failed
+    assert "Module ip_vs not found" in outcome.result["msg"]
+    assert "make lab-shell MODE=ipvs" in outcome.result["msg"]
+    assert node.commands() == [["modprobe", "ip_vs"]]
+
+
+def test_ipvs_check_mode_only_asks_modprobe(monkeypatch, netns_exists):
+    node = FakeNode()
+    outcome = run(monkeypatch, app1_args(mode="ipvs"), node, check_mode=True)
+    assert outcome.result["changed"] is True
+    assert ["modprobe", "--dry-run", "ip_vs"] in node.commands()
+    assert node.changes() == []
+
+
+def test_ipvs_mode_applies_in_dependency_order(monkeypatch, netns_exists, kernel_with_ipvs):
+    node = FakeNode()
+    outcome = run(monkeypatch, app1_args(mode="ipvs"), node, diff=True)
+    assert not outcome.failed, outcome.result["msg"]
+    assert outcome.result["changed"] is True
+    assert [command[0] for command in node.changes()] == [
+        "sysctl", "ipset", "iptables-restore", "ipvsadm-restore", "ip"]
+    batch = [data for argv, data in node.calls if argv[4:] == ["ip", "-batch", "-"]][0]
+    assert "link add kube-ipvs0 type dummy" in batch and "address add 10.96.0.10/32 dev kube-ipvs0" in batch
+    assert "# ipvsadm-save -n\n-A -t 10.96.0.10:80 -s rr\n" in outcome.result["rules"]
+    assert {d["before_header"] for d in outcome.result["diff"]} == {
+        "lab-node: %s (before)" % name for name in ("sysctls", "ipset", "iptables", "ipvs", "kube-ipvs0")}
+
+
 def test_failing_command_names_itself_and_the_namespace(monkeypatch, netns_exists):
-    outcome = run(monkeypatch, app1_args(), FakeNode(fail_on="iptables-restore"))
+    outcome = run(monkeypatch, app1_args(), FakeNode(iptables_restore=(1, "", "iptables-restore: something broke")))
     assert outcome.failed
     assert outcome.result["msg"] == "iptables-restore failed in network namespace lab-node: iptables-restore: something broke"
     assert outcome.result["rc"] == 1

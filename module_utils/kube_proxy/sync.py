@@ -1,0 +1,130 @@
+"""One sync, like kube-proxy's syncProxyRules: desired state for the mode, diffed against the
+live state of everything the module owns, as an ordered list of steps to apply.
+
+Entering a mode also removes what the other modes left behind, so switching modes in a
+node never leaves a second data plane half in place.
+"""
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+from . import iptables, ipvs
+from .model import ProxyConfig
+
+Command = Tuple[Tuple[str, ...], Optional[str]]
+
+
+@dataclass
+class Live:
+    """What the readers printed inside the node; None where there is nothing to read."""
+
+    iptables_save: str
+    ipset_save: Optional[str] = None        # None: no ipset tool, so no sets either
+    ipvsadm_save: Optional[str] = None      # None: the kernel has no IPVS loaded
+    ipvs_device: Optional[str] = None       # None: no kube-ipvs0; else `ip -o -4 addr show dev kube-ipvs0`
+    sysctls: Dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Step:
+    """One part of the node's state: how it reads before and after, and the commands between."""
+
+    name: str
+    before: str
+    after: str
+    commands: List[Command]
+
+
+@dataclass
+class SyncPlan:
+    steps: List[Step]
+    rules: str
+    iptables_backend: Optional[str]
+    changed_chains: List[str]
+    deleted_chains: List[str]
+
+    @property
+    def changed(self) -> bool:
+        return any(step.commands for step in self.steps)
+
+
+def _lines(lines: List[str]) -> str:
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def plan(config: ProxyConfig, present: bool, live: Live) -> SyncPlan:
+    use_ipvs = present and config.mode == "ipvs"
+    if not present:
+        wanted_rules = iptables.absent_state()
+    elif use_ipvs:
+        wanted_rules = ipvs.render_iptables(config)
+    else:
+        wanted_rules = iptables.render(config)
+    wanted_ipvs = ipvs.render(config) if use_ipvs else ipvs.IpvsState()
+
+    live_rules = iptables.parse_save(live.iptables_save)
+    rules_plan = iptables.plan(wanted_rules, live_rules)
+    live_sets = ipvs.parse_ipset_save(live.ipset_save or "")
+    live_servers = ipvs.parse_ipvsadm_save(live.ipvsadm_save or "")
+    live_addresses = ipvs.parse_addresses(live.ipvs_device) if live.ipvs_device is not None else None
+
+    steps: List[Step] = []
+    if use_ipvs:
+        wanted_sysctls = dict(ipvs.SYSCTLS)
+        differing = ["%s=%s" % (key, value) for key, value in ipvs.SYSCTLS if live.sysctls.get(key) != value]
+        steps.append(Step(
+            "sysctls",
+            before=_lines(["%s = %s" % (key, live.sysctls.get(key, "(unset)")) for key in wanted_sysctls]),
+            after=_lines(["%s = %s" % item for item in ipvs.SYSCTLS]),
+            commands=[(("sysctl", "-w") + tuple(differing), None)] if differing else [],
+        ))
+
+    sets_before, sets_after = ipvs.plan_ipsets(wanted_ipvs.ipsets, live_sets)
+    sets_diff = dict(before=ipvs.ipset_text(live_sets), after=ipvs.ipset_text(wanted_ipvs.ipsets))
+    # Sets must exist before the iptables rules that match on them ...
+    steps.append(Step("ipset", commands=[(("ipset", "restore", "-exist"), _lines(sets_before))] if sets_before else [],
+                      **sets_diff))
+    steps.append(Step(
+        "iptables", before=rules_plan.before, after=rules_plan.after,
+        commands=[(("iptables-restore", "--noflush"), rules_plan.restore)] if rules_plan.changed else [],
+    ))
+    # ... and can only be destroyed once no rule refers to them.
+    if sets_after:
+        steps.append(Step("ipset", before="", after="", commands=[(("ipset", "restore"), _lines(sets_after))]))
+
+    server_lines = ipvs.plan_virtual_servers(wanted_ipvs.virtual_servers, live_servers)
+    steps.append(Step(
+        "ipvs",
+        before=ipvs.ipvsadm_text(ipvs.IpvsState(virtual_servers=live_servers)),
+        after=ipvs.ipvsadm_text(wanted_ipvs),
+        commands=[(("ipvsadm-restore",), _lines(server_lines))] if server_lines else [],
+    ))
+    address_lines = ipvs.plan_addresses(wanted_ipvs.addresses, live_addresses)
+    steps.append(Step(
+        ipvs.DUMMY_DEVICE,
+        before=_lines(sorted(live_addresses)) if live_addresses is not None else "",
+        after=_lines(sorted(wanted_ipvs.addresses)),
+        commands=[(("ip", "-batch", "-"), _lines(address_lines))] if address_lines else [],
+    ))
+
+    return SyncPlan(
+        steps=steps,
+        rules=rendered_rules(config, wanted_rules, wanted_ipvs) if present else "",
+        iptables_backend=live_rules.backend,
+        changed_chains=rules_plan.changed_chains,
+        deleted_chains=rules_plan.deleted_chains,
+    )
+
+
+def rendered_rules(config: ProxyConfig, wanted_rules: iptables.IptablesState, wanted_ipvs: ipvs.IpvsState) -> str:
+    """What kube-proxy would write, for students: the restore input, plus IPVS state in ipvs mode."""
+    restore = iptables.restore_text(wanted_rules)
+    if config.mode != "ipvs":
+        return restore
+    return "".join([
+        "# ipvsadm-save -n\n", ipvs.ipvsadm_text(wanted_ipvs),
+        "# ip -4 addr show dev %s\n" % ipvs.DUMMY_DEVICE,
+        _lines(["inet %s" % address for address in sorted(wanted_ipvs.addresses)]),
+        "# ipset save\n", ipvs.ipset_text(wanted_ipvs.ipsets),
+        "# iptables-restore --noflush\n", restore,
+    ])

@@ -1,0 +1,137 @@
+"""IPVS mode: the renderer, the ipvsadm-save / ipset save / ip addr readers, and the planners."""
+
+from conftest import GOLDEN
+from kube_proxy import ipvs, sync
+from lab_services import APP1, SVC1_AFFINITY, config
+
+# As `ipvsadm-save -n` prints the lab's service (ipvsadm 1.31, Linux 6.1 in the UML node).
+APP1_SAVED = """-A -t 10.96.0.10:80 -s rr
+-a -t 10.96.0.10:80 -r 10.0.0.2:8080 -m -w 1
+-a -t 10.96.0.10:80 -r 10.0.0.3:8080 -m -w 1
+-a -t 10.96.0.10:80 -r 10.0.0.4:8080 -m -w 1
+"""
+
+
+def ipvs_config(*services, **options):
+    return config(*services, mode="ipvs", **options)
+
+
+def test_render_matches_golden():
+    rendered = sync.plan(ipvs_config(APP1, SVC1_AFFINITY), True, sync.Live(iptables_save="")).rules
+    assert rendered == (GOLDEN / "ipvs-mixed.rules").read_text()
+
+
+def test_one_virtual_server_per_service_port_with_masquerading_real_servers():
+    state = ipvs.render(ipvs_config(APP1))
+    (server,) = state.virtual_servers.values()
+    assert server.service_args() == ["-t", "10.96.0.10:80", "-s", "rr"]
+    assert {(real.endpoint, real.forwarding, real.weight) for real in server.real_servers} == {
+        ("10.0.0.2:8080", "-m", 1), ("10.0.0.3:8080", "-m", 1), ("10.0.0.4:8080", "-m", 1)}
+    assert state.addresses == {"10.96.0.10/32"}
+
+
+def test_client_ip_affinity_is_persistence_and_mh_hashes_the_port():
+    state = ipvs.render(ipvs_config(SVC1_AFFINITY, ipvs_scheduler="mh"))
+    (server,) = state.virtual_servers.values()
+    assert server.service_args() == ["-t", "172.30.0.41:80", "-s", "mh", "-b", "mh-port", "-p", "3600"]
+
+
+def test_ipsets_hold_portals_and_hairpin_triples():
+    sets = ipvs.render(ipvs_config(APP1)).ipsets
+    assert sets["KUBE-CLUSTER-IP"] == ("hash:ip,port", {"10.96.0.10,tcp:80"})
+    assert sets["KUBE-LOOP-BACK"] == ("hash:ip,port,ip", {
+        "10.0.0.2,tcp:8080,10.0.0.2", "10.0.0.3,tcp:8080,10.0.0.3", "10.0.0.4,tcp:8080,10.0.0.4"})
+
+
+def test_service_without_endpoints_keeps_its_vip_and_virtual_server():
+    state = ipvs.render(ipvs_config(dict(APP1, endpoints=[])))
+    assert state.addresses == {"10.96.0.10/32"}
+    (server,) = state.virtual_servers.values()
+    assert server.real_servers == frozenset()
+
+
+def test_parse_ipvsadm_save_reads_back_what_render_wants():
+    live = ipvs.parse_ipvsadm_save(APP1_SAVED)
+    assert live == ipvs.render(ipvs_config(APP1)).virtual_servers
+    assert ipvs.plan_virtual_servers(ipvs.render(ipvs_config(APP1)).virtual_servers, live) == []
+
+
+def test_removed_endpoint_and_new_scheduler_are_edited_in_place():
+    live = ipvs.parse_ipvsadm_save(APP1_SAVED)
+    wanted = ipvs.render(ipvs_config(dict(APP1, endpoints=["10.0.0.2", "10.0.0.4", "10.0.0.5"]), ipvs_scheduler="lc"))
+    assert ipvs.plan_virtual_servers(wanted.virtual_servers, live) == [
+        "-E -t 10.96.0.10:80 -s lc",
+        "-d -t 10.96.0.10:80 -r 10.0.0.3:8080",
+        "-a -t 10.96.0.10:80 -r 10.0.0.5:8080 -m -w 1",
+    ]
+
+
+def test_stale_virtual_server_is_deleted_and_weight_fixed():
+    live = ipvs.parse_ipvsadm_save(APP1_SAVED.replace("10.0.0.4:8080 -m -w 1", "10.0.0.4:8080 -m -w 5")
+                                   + "-A -u 10.96.0.53:53 -s rr\n")
+    wanted = ipvs.render(ipvs_config(APP1)).virtual_servers
+    assert ipvs.plan_virtual_servers(wanted, live) == [
+        "-D -u 10.96.0.53:53",
+        "-e -t 10.96.0.10:80 -r 10.0.0.4:8080 -m -w 1",
+    ]
+
+
+def test_ipset_plan_creates_adds_deletes_and_destroys_last():
+    live = ipvs.parse_ipset_save(
+        "create KUBE-CLUSTER-IP hash:ip,port family inet hashsize 1024 maxelem 65536 bucketsize 12 initval 0x1\n"
+        "add KUBE-CLUSTER-IP 10.96.0.99,tcp:80\n"
+        "create KUBE-NODE-PORT-TCP bitmap:port range 0-65535\n"
+        "create other-set hash:ip family inet\n"
+    )
+    assert set(live) == {"KUBE-CLUSTER-IP", "KUBE-NODE-PORT-TCP"}
+    before, after = ipvs.plan_ipsets(ipvs.render(ipvs_config(APP1)).ipsets, live)
+    assert before[:2] == ["del KUBE-CLUSTER-IP 10.96.0.99,tcp:80", "add KUBE-CLUSTER-IP 10.96.0.10,tcp:80"]
+    assert before[2] == "create KUBE-LOOP-BACK hash:ip,port,ip family inet hashsize 1024 maxelem 65536"
+    assert after == ["destroy KUBE-NODE-PORT-TCP"]
+
+
+def test_addresses_follow_the_services():
+    shown = ("7: kube-ipvs0    inet 10.96.0.10/32 scope global kube-ipvs0\\       valid_lft forever preferred_lft forever\n"
+             "7: kube-ipvs0    inet 10.96.0.99/32 scope global kube-ipvs0\\       valid_lft forever preferred_lft forever\n")
+    live = ipvs.parse_addresses(shown)
+    assert live == {"10.96.0.10/32", "10.96.0.99/32"}
+    assert ipvs.plan_addresses({"10.96.0.10/32"}, live) == ["address del 10.96.0.99/32 dev kube-ipvs0"]
+    assert ipvs.plan_addresses({"10.96.0.10/32"}, None) == [
+        "link add kube-ipvs0 type dummy", "address add 10.96.0.10/32 dev kube-ipvs0"]
+    assert ipvs.plan_addresses(set(), live) == ["link del kube-ipvs0"]
+    assert ipvs.plan_addresses(set(), None) == []
+
+
+def test_leaving_ipvs_removes_servers_device_and_sets_after_the_rules():
+    ipvs_rules = sync.plan(ipvs_config(APP1), True, sync.Live(iptables_save="")).steps
+    restore = [data for step in ipvs_rules if step.name == "iptables" for _argv, data in step.commands][0]
+    live = sync.Live(
+        iptables_save=_saved(restore),
+        ipset_save=ipvs.ipset_text(ipvs.render(ipvs_config(APP1)).ipsets),
+        ipvsadm_save=APP1_SAVED,
+        ipvs_device="7: kube-ipvs0    inet 10.96.0.10/32 scope global kube-ipvs0\n",
+    )
+    plan = sync.plan(config(APP1), True, live)
+    commands = [(step.name, argv, data) for step in plan.steps for argv, data in step.commands]
+    names = [name for name, _argv, _data in commands]
+    assert names == ["iptables", "ipset", "ipvs", "kube-ipvs0"]
+    assert commands[1][2] == "destroy KUBE-CLUSTER-IP\ndestroy KUBE-LOOP-BACK\n"
+    assert commands[2][2] == "-D -t 10.96.0.10:80\n"
+    assert commands[3][2] == "link del kube-ipvs0\n"
+    assert "nat/KUBE-LOAD-BALANCER" in plan.deleted_chains
+
+
+def test_ipvs_mode_sets_only_the_sysctls_that_differ():
+    live = sync.Live(iptables_save="", sysctls={
+        "net.ipv4.vs.conntrack": "0", "net.ipv4.vs.expire_nodest_conn": "1",
+        "net.ipv4.vs.expire_quiescent_template": "1", "net.ipv4.ip_forward": "1"})
+    (sysctl_step,) = [step for step in sync.plan(ipvs_config(APP1), True, live).steps if step.name == "sysctls"]
+    assert sysctl_step.commands == [(("sysctl", "-w", "net.ipv4.vs.conntrack=1"), None)]
+
+
+def _saved(restore_text):
+    """A restore text turned into what iptables-save would print for it (enough for the parser)."""
+    return "\n".join(
+        line.replace("-I ", "-A ", 1).replace(" 1 -m", " -m", 1) if line.startswith("-I ") else line
+        for line in restore_text.splitlines()
+    ) + "\n"

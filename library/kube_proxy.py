@@ -18,8 +18,15 @@ description:
   - In V(iptables) mode that is kube-proxy's NAT chains (C(KUBE-SERVICES), C(KUBE-SVC-*),
     C(KUBE-SEP-*), C(KUBE-MARK-MASQ), C(KUBE-POSTROUTING)) with its chain names, comments,
     probabilities and marks, applied in one C(iptables-restore --noflush).
-  - The module owns every C(KUBE-*) chain in the namespace and the jumps into them; it never
-    touches other rules. A second run with the same input changes nothing.
+  - In V(ipvs) mode it is one IPVS virtual server per service port (real servers in
+    masquerade mode), every ClusterIP on the dummy device C(kube-ipvs0), the ipsets
+    C(KUBE-CLUSTER-IP) and C(KUBE-LOOP-BACK), the iptables rules that use them, and the
+    C(net.ipv4.vs.*) sysctls.
+  - In V(nftables) mode it is the table C(ip kube-proxy), replaced in one C(nft -f) transaction.
+  - The module owns, in the namespace, every C(KUBE-*) chain and the jumps into them, the
+    C(KUBE-*) ipsets, the IPVS virtual servers, C(kube-ipvs0) and the table C(ip kube-proxy);
+    it never touches anything else. Entering a mode removes what the other modes left.
+    A second run with the same input changes nothing.
   - Uses the system's C(iptables) (nf_tables or legacy backend, whichever C(iptables) is);
     the result says which.
 version_added: "1.0.0"
@@ -34,7 +41,9 @@ options:
   mode:
     description:
       - Data plane to program, as kube-proxy's C(--proxy-mode).
-      - V(ipvs) and V(nftables) are not implemented yet and fail with a message saying so.
+      - V(ipvs) needs a kernel that can load C(ip_vs); where it cannot, the module fails at once
+        and names the way out (the lab's user-mode-linux node).
+      - V(nftables) needs nf_tables in the kernel (5.13 or newer for kube-proxy) and nft 1.0.1 or newer.
     type: str
     choices: [iptables, ipvs, nftables]
     default: iptables
@@ -44,6 +53,11 @@ options:
         outside it is marked for masquerade, so replies come back through this node.
     type: str
     default: 10.0.0.0/24
+  service_cidr:
+    description:
+      - The Service network (kube-proxy's C(--service-cluster-ip-range)). In V(nftables) mode
+        traffic to an address in it that is no ClusterIP is dropped, as kube-proxy does.
+    type: str
   masquerade_all:
     description:
       - Masquerade all traffic sent to a ClusterIP (kube-proxy's C(--masquerade-all)),
@@ -59,7 +73,7 @@ options:
   state:
     description:
       - V(present) installs the rendered state; V(absent) removes everything the module owns
-        in the namespace.
+        in the namespace, whatever the mode.
     type: str
     choices: [present, absent]
     default: present
@@ -121,6 +135,8 @@ notes:
 requirements:
   - iproute2 (C(ip netns))
   - iptables (C(iptables-save), C(iptables-restore))
+  - ipset, ipvsadm and kmod (C(modprobe)) for V(ipvs) mode
+  - nftables (C(nft)) for V(nftables) mode
 """
 
 EXAMPLES = r"""
@@ -168,8 +184,9 @@ netns:
   sample: lab-node
 rules:
   description:
-    - The rendered state, as kube-proxy would write it (an C(iptables-restore) input in
-      V(iptables) mode). Empty when O(state=absent).
+    - The rendered state, as kube-proxy would write it. V(iptables) mode, an C(iptables-restore)
+      input; V(ipvs) mode, the virtual servers, addresses and ipsets followed by that input;
+      V(nftables) mode, the C(nft -f) transaction. Empty when O(state=absent).
   returned: always
   type: str
   sample: |
@@ -198,7 +215,7 @@ deleted_chains:
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.kube_proxy import iptables, ipvs, sync
+from ansible.module_utils.kube_proxy import iptables, ipvs, nftables, sync
 from ansible.module_utils.kube_proxy.model import (
     AFFINITIES,
     DEFAULT_AFFINITY_TIMEOUT,
@@ -233,15 +250,13 @@ ARGUMENT_SPEC = dict(
     netns=dict(type="str", required=True),
     mode=dict(type="str", choices=list(MODES), default="iptables"),
     cluster_cidr=dict(type="str", default="10.0.0.0/24"),
+    service_cidr=dict(type="str"),
     masquerade_all=dict(type="bool", default=False),
     ipvs_scheduler=dict(type="str", choices=list(IPVS_SCHEDULERS), default="rr"),
     state=dict(type="str", choices=list(STATES), default="present"),
     services=dict(type="list", elements="dict", options=SERVICE_OPTIONS, default=[]),
 )
 
-NOT_YET = {
-    "nftables": "mode=nftables is not implemented yet (issue 4); use mode=iptables or mode=ipvs",
-}
 NO_IPVS = (
     "mode=ipvs needs IPVS (IP_VS) in the kernel, and this kernel cannot load it (%s). "
     "Run the lab inside the user-mode-linux node, whose kernel has it: make lab-shell MODE=ipvs"
@@ -294,6 +309,9 @@ def read_live(module, node, config, present):
         live.ipvsadm_save = node.run("ipvsadm-save", "-n")
     rc, stdout, _stderr = node.probe("ip", "-o", "-4", "address", "show", "dev", ipvs.DUMMY_DEVICE)
     live.ipvs_device = stdout if rc == 0 else None
+    if module.get_bin_path("nft"):
+        rc, stdout, _stderr = node.probe("nft", "-j", "list", "table", nftables.TABLE_FAMILY, nftables.TABLE_NAME)
+        live.nft_table = stdout if rc == 0 else None
     if present and config.mode == "ipvs":
         _rc, stdout, _stderr = node.probe("sysctl", "-e", *[key for key, _value in ipvs.SYSCTLS])
         live.sysctls = dict(
@@ -320,13 +338,12 @@ def run_module(module):
             services=params["services"],
             masquerade_all=params["masquerade_all"],
             ipvs_scheduler=params["ipvs_scheduler"],
+            service_cidr=params["service_cidr"],
         )
     except ValidationError as error:
         module.fail_json(msg=str(error), field=error.field)
 
     result = dict(changed=False, mode=config.mode, netns=netns, rules="", changed_chains=[], deleted_chains=[])
-    if present and config.mode in NOT_YET:
-        module.fail_json(msg=NOT_YET[config.mode], **result)
     if not os.path.exists(os.path.join(NETNS_DIR, netns)):
         if not present:
             module.exit_json(**result)

@@ -78,6 +78,7 @@ class ProxyConfig:
     masquerade_all: bool
     ipvs_scheduler: str
     services: Tuple[Service, ...]
+    service_cidr: Optional[str] = None
 
 
 def validate_netns(value: Any) -> str:
@@ -202,10 +203,12 @@ def build_config(
     services: Optional[Sequence[Mapping[str, Any]]],
     masquerade_all: bool = False,
     ipvs_scheduler: Any = "rr",
+    service_cidr: Any = None,
 ) -> ProxyConfig:
     """Validate the module's parameters into a ProxyConfig, or raise ValidationError."""
     mode = _choice("mode", mode, MODES)
     cidr = _cidr("cluster_cidr", cluster_cidr)
+    services_cidr = None if service_cidr in (None, "") else _cidr("service_cidr", service_cidr)
     scheduler = _choice("ipvs_scheduler", ipvs_scheduler, IPVS_SCHEDULERS)
     if services is None:
         services = []
@@ -236,5 +239,5 @@ def build_config(
 
     return ProxyConfig(
         mode=mode, cluster_cidr=cidr, masquerade_all=bool(masquerade_all),
-        ipvs_scheduler=scheduler, services=tuple(built),
+        ipvs_scheduler=scheduler, services=tuple(built), service_cidr=services_cidr,
     )

@@ -8,7 +8,7 @@ node never leaves a second data plane half in place.
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from . import iptables, ipvs
+from . import iptables, ipvs, nftables
 from .model import ProxyConfig
 
 Command = Tuple[Tuple[str, ...], Optional[str]]
@@ -23,6 +23,7 @@ class Live:
     ipvsadm_save: Optional[str] = None      # None: the kernel has no IPVS loaded
     ipvs_device: Optional[str] = None       # None: no kube-ipvs0; else `ip -o -4 addr show dev kube-ipvs0`
     sysctls: Dict[str, str] = field(default_factory=dict)
+    nft_table: Optional[str] = None         # None: no table ip kube-proxy; else `nft -j list table ip kube-proxy`
 
 
 @dataclass
@@ -54,7 +55,8 @@ def _lines(lines: List[str]) -> str:
 
 def plan(config: ProxyConfig, present: bool, live: Live) -> SyncPlan:
     use_ipvs = present and config.mode == "ipvs"
-    if not present:
+    use_nftables = present and config.mode == "nftables"
+    if not present or use_nftables:
         wanted_rules = iptables.absent_state()
     elif use_ipvs:
         wanted_rules = ipvs.render_iptables(config)
@@ -107,17 +109,35 @@ def plan(config: ProxyConfig, present: bool, live: Live) -> SyncPlan:
         commands=[(("ip", "-batch", "-"), _lines(address_lines))] if address_lines else [],
     ))
 
+    wanted_table = nftables.render(config, config.service_cidr) if use_nftables else None
+    live_table = nftables.parse_json(live.nft_table) if live.nft_table is not None else None
+    if wanted_table != live_table:
+        nft_input = nftables.script(wanted_table, live_table is not None) if wanted_table else nftables.delete_script()
+        steps.append(Step(
+            "nftables",
+            before=nftables.listing(live_table) if live_table else "",
+            after=nftables.listing(wanted_table) if wanted_table else "",
+            commands=[(("nft", "-f", "-"), nft_input)],
+        ))
+
     return SyncPlan(
         steps=steps,
-        rules=rendered_rules(config, wanted_rules, wanted_ipvs) if present else "",
+        rules=rendered_rules(config, wanted_rules, wanted_ipvs, wanted_table) if present else "",
         iptables_backend=live_rules.backend,
         changed_chains=rules_plan.changed_chains,
         deleted_chains=rules_plan.deleted_chains,
     )
 
 
-def rendered_rules(config: ProxyConfig, wanted_rules: iptables.IptablesState, wanted_ipvs: ipvs.IpvsState) -> str:
-    """What kube-proxy would write, for students: the restore input, plus IPVS state in ipvs mode."""
+def rendered_rules(
+    config: ProxyConfig,
+    wanted_rules: iptables.IptablesState,
+    wanted_ipvs: ipvs.IpvsState,
+    wanted_table: Optional[nftables.NftState],
+) -> str:
+    """What kube-proxy would write, for students: the mode's own input text."""
+    if wanted_table is not None:
+        return nftables.script(wanted_table, live_exists=False)
     restore = iptables.restore_text(wanted_rules)
     if config.mode != "ipvs":
         return restore

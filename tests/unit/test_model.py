@@ -134,3 +134,11 @@ def test_bad_netns(name):
 @pytest.mark.parametrize("name", ["lab-node", "node_1", "bench.3"])
 def test_good_netns(name):
     assert validate_netns(name) == name
+
+
+def test_service_cidr_is_optional_and_validated():
+    assert config(APP1).service_cidr is None
+    assert config(APP1, service_cidr="10.96.0.0/12").service_cidr == "10.96.0.0/12"
+    with pytest.raises(ValidationError) as caught:
+        config(APP1, service_cidr="10.96.0.1/12")
+    assert caught.value.field == "service_cidr"

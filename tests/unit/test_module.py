@@ -63,6 +63,7 @@ class FakeNode:
             "iptables-save": (0, save, ""),
             "iptables": (0, "iptables v1.8.9 (nf_tables)\n", ""),
             "ip -o": (1, "", 'Device "kube-ipvs0" does not exist.\n'),
+            "nft -j": (1, "", "Error: No such file or directory\n"),
         }
         self.answers.update({name.replace("_", "-"): answer for name, answer in answers.items()})
         self.calls = []
@@ -78,7 +79,7 @@ class FakeNode:
     def changes(self):
         readers = {"iptables-save", "ipvsadm-save", "iptables"}
         return [command for command in self.commands()
-                if command[0] not in readers and command[:2] != ["ipset", "save"]
+                if command[0] not in readers and command[:2] not in (["ipset", "save"], ["nft", "-j"])
                 and command[:3] != ["ip", "-o", "-4"] and command[0] not in ("sysctl", "modprobe")
                 or command[:2] == ["sysctl", "-w"]]
 
@@ -151,7 +152,9 @@ def test_matching_live_state_changes_nothing(monkeypatch, netns_exists):
     outcome = run(monkeypatch, app1_args(services=mixed), node)
     assert outcome.result["changed"] is False
     assert node.changes() == []
-    assert node.commands() == [["iptables-save"], ["ipset", "save"], ["ip", "-o", "-4", "address", "show", "dev", "kube-ipvs0"]]
+    assert node.commands() == [
+        ["iptables-save"], ["ipset", "save"], ["ip", "-o", "-4", "address", "show", "dev", "kube-ipvs0"],
+        ["nft", "-j", "list", "table", "ip", "kube-proxy"]]
 
 
 def test_absent_removes_owned_state(monkeypatch, netns_exists):
@@ -193,12 +196,31 @@ def test_unknown_mode_is_refused_by_name(monkeypatch, netns_exists):
     assert "mode" in outcome.result["msg"] and "userspace" in outcome.result["msg"]
 
 
-def test_nftables_mode_not_built_yet_says_so(monkeypatch, netns_exists):
-    node = FakeNode()
-    outcome = run(monkeypatch, app1_args(mode="nftables"), node)
-    assert outcome.failed
-    assert "not implemented yet" in outcome.result["msg"]
-    assert node.calls == []
+def test_nftables_mode_replaces_the_table_and_clears_kube_chains(monkeypatch, netns_exists):
+    node = FakeNode(save=LIVE_SAVE)
+    outcome = run(monkeypatch, app1_args(mode="nftables", service_cidr="10.96.0.0/12"), node)
+    assert not outcome.failed, outcome.result.get("msg")
+    changes = node.changes()
+    assert changes[0] == ["iptables-restore", "--noflush"]
+    assert changes[-1] == ["nft", "-f", "-"]
+    nft_input = [data for argv, data in node.calls if argv[4:] == ["nft", "-f", "-"]][0]
+    assert "add table ip kube-proxy" in nft_input and "delete table" not in nft_input
+    assert "drop comment \"Drop traffic to unallocated ClusterIPs\"" in nft_input
+    assert outcome.result["rules"].startswith("add table ip kube-proxy")
+
+
+def test_nftables_mode_with_the_table_in_place_changes_nothing(monkeypatch, netns_exists):
+    node = FakeNode(**{"nft -j": (0, (FIXTURES / "nft-app1.json").read_text(), "")})
+    outcome = run(monkeypatch, app1_args(mode="nftables", service_cidr="10.96.0.0/12"), node)
+    assert outcome.result["changed"] is False, node.changes()
+
+
+def test_leaving_nftables_deletes_the_table(monkeypatch, netns_exists):
+    node = FakeNode(**{"nft -j": (0, (FIXTURES / "nft-app1.json").read_text(), "")})
+    outcome = run(monkeypatch, dict(netns="lab-node", state="absent"), node)
+    assert outcome.result["changed"] is True
+    nft_input = [data for argv, data in node.calls if argv[4:] == ["nft", "-f", "-"]][0]
+    assert nft_input.endswith("delete table ip kube-proxy\n")
 
 
 def test_ipvs_on_a_kernel_without_ip_vs_names_the_way_out(monkeypatch, netns_exists):

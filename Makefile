@@ -1,0 +1,68 @@
+# kube-proxy-lab. Run as root on Debian/Ubuntu:
+#   make lab [MODE=iptables|ipvs|nftables]   build the lab (installs what is missing first)
+#   make teardown                            remove everything the lab made
+#   make test                                lint + unit tests + Molecule (the lab, end to end)
+# Every recipe runs with .venv/bin first in PATH.
+
+MODE ?= iptables
+# Molecule scenarios `make test` runs (one per mode; more come with later modes).
+SCENARIOS ?= default
+PYTHON ?= python3
+APT_PACKAGES := iproute2 iptables nftables ipset ipvsadm conntrack curl python3-venv python3-pip \
+                user-mode-linux kmod procps
+
+VENV := .venv
+VENV_STAMP := $(VENV)/.requirements-installed
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.DEFAULT_GOAL := help
+.PHONY: help bootstrap packages lab teardown test lint unit molecule
+
+help:
+	@sed -n 's/^#   //p' $(MAKEFILE_LIST)
+
+bootstrap: packages $(VENV_STAMP)
+
+# apt: only what is missing, and `apt-get update` only when something is.
+packages:
+	@missing=""; \
+	for pkg in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}\n' "$$pkg" 2>/dev/null | grep -q '^install ok installed$$' || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "bootstrap: installing$$missing"; \
+	  apt-get update -qq; \
+	  installable=""; \
+	  for pkg in $$missing; do \
+	    if apt-cache policy "$$pkg" 2>/dev/null | grep -q 'Candidate: [0-9]'; then installable="$$installable $$pkg"; \
+	    else echo "bootstrap: WARNING: no apt package $$pkg here; skipped" >&2; fi; \
+	  done; \
+	  [ -z "$$installable" ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$installable; \
+	fi
+
+# The virtualenv: created when missing, reinstalled when requirements.txt changes.
+$(VENV_STAMP): requirements.txt
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
+	@cp requirements.txt $@
+
+lab: bootstrap
+	ansible-playbook lab.yml -e mode=$(MODE)
+
+teardown: bootstrap
+	ansible-playbook playbooks/teardown.yml
+
+test: lint unit molecule
+
+lint: bootstrap
+	yamllint -s .
+	ansible-lint
+
+unit: bootstrap
+	pytest -q tests/unit
+
+molecule: bootstrap
+	@for scenario in $(SCENARIOS); do \
+	  echo "molecule test -s $$scenario"; \
+	  molecule test -s "$$scenario" || exit 1; \
+	done

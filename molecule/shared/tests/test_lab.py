@@ -1,0 +1,105 @@
+"""The lab, end to end: every source reaches every pod through the Service, each backend
+sees the source address kube-proxy's masquerade rules promise, the kernel holds
+kube-proxy's chains, the pod servers are proper daemons, and the host's root network
+namespace is untouched."""
+
+import base64
+import hashlib
+import json
+import os
+
+import pytest
+
+from conftest import ephemeral_dir
+from host_snapshot import differences, snapshot
+
+
+def test_every_pod_answers(source, answers, lab):
+    seen = {answer["pod"] for answer in answers(source) if answer}
+    failed = sum(answer is None for answer in answers(source))
+    assert seen == {
+        pod["name"] for pod in lab["pods"]
+    }, f"from {source}, {len(answers(source))} requests ({failed} failed) reached only {sorted(seen)}"
+
+
+def expected_source(source, answer, lab):
+    """The client address a backend should see.
+
+    From the node: the node's own address on the bridge. From the external client:
+    masqueraded to the node's bridge address (it is outside the cluster CIDR). From a pod
+    to another pod: the pod's own address (no masquerade). From a pod to itself (hairpin):
+    masqueraded to the node's bridge address, or the reply would never leave the pod.
+    """
+    pod = next((pod for pod in lab["pods"] if pod["netns"] == source), None)
+    if pod is None or pod["name"] == answer["pod"]:
+        return lab["node_ip"]
+    return pod["ip"]
+
+
+def test_backends_see_the_expected_source(source, answers, lab):
+    wrong = [
+        f"{answer['pod']} saw {answer['ip']}, expected {expected_source(source, answer, lab)}"
+        for answer in answers(source)
+        if answer and answer["ip"] != expected_source(source, answer, lab)
+    ]
+    assert not wrong, f"from {source}: " + "; ".join(sorted(set(wrong)))
+
+
+def svc_chain(service):
+    """kube-proxy's KUBE-SVC- name: base32(sha256(servicePortName + protocol))[:16]."""
+    port_name = f"{service['namespace']}/{service['name']}"
+    if service.get("port_name"):
+        port_name += f":{service['port_name']}"
+    digest = hashlib.sha256((port_name + service["protocol"].lower()).encode()).digest()
+    return "KUBE-SVC-" + base64.b32encode(digest).decode()[:16]
+
+
+def kernel_probability(n, i):
+    """The statistic match's probability 1/(n-i) as iptables-save prints it back: the kernel
+    keeps it in steps of 1/2^31 (1/3 -> 0.33333333349)."""
+    return "%.11f" % (round(0x80000000 / (n - i)) / 0x80000000)
+
+
+def test_iptables_chains(host, lab):
+    if lab["mode"] != "iptables":
+        pytest.skip(f"mode {lab['mode']}")
+    rules = host.check_output("ip netns exec %s iptables-save", lab["node_netns"])
+    chains = [line[1:].split()[0] for line in rules.splitlines() if line.startswith(":")]
+    for chain in ("KUBE-SERVICES", "KUBE-MARK-MASQ", "KUBE-POSTROUTING"):
+        assert chain in chains
+    for service in lab["services"]:
+        svc = svc_chain(service)
+        assert svc in chains, f"{svc} (for {service['namespace']}/{service['name']}) missing"
+        jumps = [
+            line
+            for line in rules.splitlines()
+            if line.startswith(f"-A {svc} ") and "KUBE-SEP-" in line
+        ]
+        endpoints = len(service["endpoints"])
+        assert len(jumps) == endpoints
+        seps = {line.split("-j ")[-1].split()[0] for line in jumps}
+        assert len(seps) == endpoints and seps <= set(chains)
+        for i, line in enumerate(jumps[:-1]):
+            assert f"--probability {kernel_probability(endpoints, i)}" in line
+        assert "--probability" not in jumps[-1]
+    if any(len(service["endpoints"]) == 3 for service in lab["services"]):
+        assert "--probability 0.33333333349" in rules and "--probability 0.50000000000" in rules
+
+
+def test_pod_servers_are_daemons_in_their_pods(host, lab):
+    for pod in lab["pods"]:
+        pidfile = host.file(f"{lab['run_dir']}/{pod['name']}.pid")
+        assert pidfile.exists, f"{pidfile.path} missing"
+        pid = int(pidfile.content_string.strip())
+        cmdline = host.file(f"/proc/{pid}/cmdline").content_string.split("\0")
+        assert any(arg.endswith("lab_pod_server.py") for arg in cmdline), cmdline
+        netns = host.check_output("ip netns identify %s", str(pid)).split()
+        assert pod["netns"] in netns, f"{pod['name']}'s server (pid {pid}) runs in {netns}"
+
+
+def test_host_root_namespace_unchanged(lab):
+    with open(os.path.join(ephemeral_dir(), "host-snapshot.json"), encoding="utf-8") as handle:
+        before = json.load(handle)
+    lab_netns = [lab["node_netns"], lab["client_netns"]] + [pod["netns"] for pod in lab["pods"]]
+    diff = differences(before, snapshot(ignore_netns=lab_netns))
+    assert not diff, "the host's root network namespace changed:\n" + diff

@@ -15,11 +15,11 @@ from host_snapshot import differences, snapshot
 
 
 def test_every_pod_answers(source, answers, lab):
+    pods = {pod["name"] for pod in lab["pods"]}
     seen = {answer["pod"] for answer in answers(source) if answer}
     failed = sum(answer is None for answer in answers(source))
-    assert seen == {
-        pod["name"] for pod in lab["pods"]
-    }, f"from {source}, {len(answers(source))} requests ({failed} failed) reached only {sorted(seen)}"
+    message = f"{len(answers(source))} requests ({failed} failed) reached only {sorted(seen)}"
+    assert seen == pods, f"from {source}, {message}"
 
 
 def expected_source(source, answer, lab):

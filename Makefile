@@ -1,12 +1,17 @@
 # kube-proxy-lab. Run as root on Debian/Ubuntu:
 #   make lab [MODE=iptables|ipvs|nftables]   build the lab (installs what is missing first)
+#   make lab-shell [MODE=ipvs]               a shell in a user-mode-linux node with the lab up
 #   make teardown                            remove everything the lab made
 #   make test                                lint + unit tests + Molecule (the lab, end to end)
 # Every recipe runs with .venv/bin first in PATH.
 
 MODE ?= iptables
-# Molecule scenarios `make test` runs (one per mode; more come with later modes).
-SCENARIOS ?= default
+# Molecule scenarios `make test` runs, one per mode. A scenario that needs IPVS runs inside
+# the user-mode-linux node when this kernel cannot load ip_vs; none is ever skipped.
+SCENARIOS ?= default nftables ipvs
+# Seconds one user-mode-linux run may take before it is killed (tools/uml-run).
+UML_RUN_TIMEOUT ?= 2400
+export UML_RUN_TIMEOUT
 PYTHON ?= python3
 APT_PACKAGES := iproute2 iptables nftables ipset ipvsadm conntrack curl python3-venv python3-pip \
                 user-mode-linux kmod procps
@@ -16,7 +21,7 @@ VENV_STAMP := $(VENV)/.requirements-installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help bootstrap packages lab teardown test lint unit molecule
+.PHONY: help bootstrap packages lab lab-shell teardown test lint unit molecule
 
 help:
 	@sed -n 's/^#   //p' $(MAKEFILE_LIST)
@@ -47,7 +52,18 @@ $(VENV_STAMP): requirements.txt
 	@cp requirements.txt $@
 
 lab: bootstrap
+	@if [ "$(MODE)" = ipvs ] && ! tools/kernel-has-ipvs; then \
+	  echo "make lab MODE=ipvs: this kernel has no IPVS (IP_VS) and cannot load it." >&2; \
+	  echo "Run the lab inside a user-mode-linux node, whose kernel has it:  make lab-shell MODE=ipvs" >&2; \
+	  exit 1; \
+	fi
 	ansible-playbook lab.yml -e mode=$(MODE)
+
+# The node's kernel has IPVS but no nf_tables for ip tables: MODE=nftables cannot run there.
+lab-shell: bootstrap
+	UML_RUN_TIMEOUT=0 tools/uml-run -i bash -c 'ansible-playbook lab.yml -e mode=$(MODE) && \
+	  echo "The lab is up in mode $(MODE) inside this node; try: ip netns exec lab-node ipvsadm -Ln. exit leaves (and discards) the node." && \
+	  exec bash --norc -i'
 
 teardown: bootstrap
 	ansible-playbook playbooks/teardown.yml
@@ -59,10 +75,15 @@ lint: bootstrap
 	ansible-lint
 
 unit: bootstrap
-	pytest -q tests/unit
+	pytest -q tests/unit tests/tools
 
 molecule: bootstrap
 	@for scenario in $(SCENARIOS); do \
-	  echo "molecule test -s $$scenario"; \
-	  molecule test -s "$$scenario" || exit 1; \
+	  if [ "$$scenario" = ipvs ] && ! tools/kernel-has-ipvs; then \
+	    echo "molecule test -s $$scenario: this kernel cannot load ip_vs, so inside the user-mode-linux node"; \
+	    tools/uml-run molecule test -s "$$scenario" || exit 1; \
+	  else \
+	    echo "molecule test -s $$scenario"; \
+	    molecule test -s "$$scenario" || exit 1; \
+	  fi; \
 	done

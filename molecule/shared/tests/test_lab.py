@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 
-import pytest
 
 from conftest import ephemeral_dir
 from host_snapshot import differences, snapshot
@@ -60,9 +59,7 @@ def kernel_probability(n, i):
     return "%.11f" % (round(0x80000000 / (n - i)) / 0x80000000)
 
 
-def test_iptables_chains(host, lab):
-    if lab["mode"] != "iptables":
-        pytest.skip(f"mode {lab['mode']}")
+def check_iptables(host, lab):
     rules = host.check_output("ip netns exec %s iptables-save", lab["node_netns"])
     chains = [line[1:].split()[0] for line in rules.splitlines() if line.startswith(":")]
     for chain in ("KUBE-SERVICES", "KUBE-MARK-MASQ", "KUBE-POSTROUTING"):
@@ -84,6 +81,40 @@ def test_iptables_chains(host, lab):
         assert "--probability" not in jumps[-1]
     if any(len(service["endpoints"]) == 3 for service in lab["services"]):
         assert "--probability 0.33333333349" in rules and "--probability 0.50000000000" in rules
+
+
+def check_ipvs(host, lab):
+    table = host.check_output("ip netns exec %s ipvsadm -Ln", lab["node_netns"])
+    print(f"ip netns exec {lab['node_netns']} ipvsadm -Ln\n{table}")
+    lines = [line.split() for line in table.splitlines()]
+    for service in lab["services"]:
+        portal = f"{service['cluster_ip']}:{service['port']}"
+        assert [service["protocol"], portal, "rr"] in lines, f"no virtual server {portal} rr:\n{table}"
+        start = lines.index([service["protocol"], portal, "rr"])
+        reals = []
+        for words in lines[start + 1:]:
+            if words[:1] != ["->"]:
+                break
+            reals.append((words[1], words[2], words[3]))
+        assert sorted(reals) == sorted(
+            (f"{ip}:{service['target_port']}", "Masq", "1") for ip in service["endpoints"]), table
+    addresses = host.check_output("ip netns exec %s ip -4 -o addr show dev kube-ipvs0", lab["node_netns"])
+    for service in lab["services"]:
+        assert f"inet {service['cluster_ip']}/32 " in addresses, addresses
+
+
+def check_nftables(host, lab):
+    table = host.check_output("ip netns exec %s nft list table ip kube-proxy", lab["node_netns"])
+    print(f"ip netns exec {lab['node_netns']} nft list table ip kube-proxy\n{table}")
+    for service in lab["services"]:
+        element = f"{service['cluster_ip']} . {service['protocol'].lower()} . {service['port']} : goto service-"
+        assert element in table, f"no service-ips element {element!r}"
+        assert f"numgen random mod {len(service['endpoints'])} vmap" in table
+
+
+def test_kernel_holds_the_modes_state(host, lab):
+    """What a student sees with the mode's own tool: iptables-save, ipvsadm -Ln, nft list."""
+    {"iptables": check_iptables, "ipvs": check_ipvs, "nftables": check_nftables}[lab["mode"]](host, lab)
 
 
 def test_pod_servers_are_daemons_in_their_pods(host, lab):

@@ -258,7 +258,7 @@ def parse_addresses(text: str) -> Set[str]:
 def plan_virtual_servers(
     desired: Dict[Tuple[str, str], VirtualServer], live: Dict[Tuple[str, str], VirtualServer]
 ) -> List[str]:
-    """ipvsadm-restore lines turning ``live`` into ``desired``; untouched servers keep their connections."""
+    """``ipvsadm -R`` lines turning ``live`` into ``desired``; untouched servers keep their connections."""
     lines: List[str] = []
     for key in sorted(live):
         if key not in desired:

@@ -99,7 +99,9 @@ def plan(config: ProxyConfig, present: bool, live: Live) -> SyncPlan:
         "ipvs",
         before=ipvs.ipvsadm_text(ipvs.IpvsState(virtual_servers=live_servers)),
         after=ipvs.ipvsadm_text(wanted_ipvs),
-        commands=[(("ipvsadm-restore",), _lines(server_lines))] if server_lines else [],
+        # `ipvsadm -R`, not ipvsadm-restore: that script clears every virtual server first,
+        # which would cut every connection and make the -D/-E/-d/-e edits fail.
+        commands=[(("ipvsadm", "-R"), _lines(server_lines))] if server_lines else [],
     ))
     address_lines = ipvs.plan_addresses(wanted_ipvs.addresses, live_addresses)
     steps.append(Step(

@@ -135,3 +135,19 @@ def _saved(restore_text):
         line.replace("-I ", "-A ", 1).replace(" 1 -m", " -m", 1) if line.startswith("-I ") else line
         for line in restore_text.splitlines()
     ) + "\n"
+
+
+def test_parse_reads_every_form_ipvsadm_save_prints():
+    # Printed by ipvsadm-save -n in the user-mode-linux node after `ipvsadm -R` edits.
+    live = ipvs.parse_ipvsadm_save(
+        "-A -t 10.96.0.10:80 -s mh -b mh-port\n"
+        "-a -t 10.96.0.10:80 -r 10.0.0.2:8080 -m -w 3\n"
+        "-A -u 10.96.0.10:53 -s rr -p 60\n"
+        "-A --sctp-service 10.96.0.10:80 -s rr\n"
+    )
+    assert set(live) == {("-t", "10.96.0.10:80"), ("-u", "10.96.0.10:53"), ("--sctp-service", "10.96.0.10:80")}
+    tcp = live[("-t", "10.96.0.10:80")]
+    assert (tcp.scheduler, tcp.scheduler_flags, tcp.persistence) == ("mh", "mh-port", None)
+    assert tcp.real_servers == frozenset({ipvs.RealServer("10.0.0.2", 8080, weight=3)})
+    assert live[("-u", "10.96.0.10:53")].persistence == 60
+    assert live[("--sctp-service", "10.96.0.10:80")].proto == "sctp"

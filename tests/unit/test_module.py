@@ -246,7 +246,7 @@ def test_ipvs_mode_applies_in_dependency_order(monkeypatch, netns_exists, kernel
     assert not outcome.failed, outcome.result["msg"]
     assert outcome.result["changed"] is True
     assert [command[0] for command in node.changes()] == [
-        "sysctl", "ipset", "iptables-restore", "ipvsadm-restore", "ip"]
+        "sysctl", "ipset", "iptables-restore", "ipvsadm", "ip"]
     batch = [data for argv, data in node.calls if argv[4:] == ["ip", "-batch", "-"]][0]
     assert "link add kube-ipvs0 type dummy" in batch and "address add 10.96.0.10/32 dev kube-ipvs0" in batch
     assert "# ipvsadm-save -n\n-A -t 10.96.0.10:80 -s rr\n" in outcome.result["rules"]

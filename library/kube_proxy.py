@@ -263,6 +263,13 @@ NO_IPVS = (
 )
 
 
+NO_NFTABLES = (
+    "mode=nftables needs nf_tables with the ip family in the kernel, and this one cannot add "
+    "an ip table (nft: %s). Use mode=iptables or mode=ipvs here, or a kernel of 5.13 or newer "
+    "with nf_tables (the user-mode-linux node's kernel has none)"
+)
+
+
 class Node:
     """Runs argv lists inside the node's network namespace."""
 
@@ -299,6 +306,13 @@ def load_ipvs(module, scheduler):
         rc, _stdout, stderr = module.run_command(["modprobe"] + dry_run + [kernel_module])
         if rc != 0:
             module.fail_json(msg="modprobe %s failed: %s" % (kernel_module, stderr.strip()))
+
+
+def check_nftables(node):
+    """Fail at once where the kernel cannot hold an ip nf_tables table (-c: checked, not committed)."""
+    rc, stdout, stderr = node.probe("nft", "-c", "add", "table", nftables.TABLE_FAMILY, nftables.TABLE_NAME)
+    if rc != 0:
+        node.module.fail_json(msg=NO_NFTABLES % ((stderr or stdout).strip().splitlines() or ["nft failed"])[0])
 
 
 def read_live(module, node, config, present):
@@ -354,6 +368,8 @@ def run_module(module):
         load_ipvs(module, config.ipvs_scheduler)
 
     node = Node(module, netns)
+    if present and config.mode == "nftables":
+        check_nftables(node)
     plan = sync.plan(config, present, read_live(module, node, config, present))
     if not module.check_mode:
         apply(node, plan.steps)

@@ -79,7 +79,7 @@ class FakeNode:
     def changes(self):
         readers = {"iptables-save", "ipvsadm-save", "iptables"}
         return [command for command in self.commands()
-                if command[0] not in readers and command[:2] not in (["ipset", "save"], ["nft", "-j"])
+                if command[0] not in readers and command[:2] not in (["ipset", "save"], ["nft", "-j"], ["nft", "-c"])
                 and command[:3] != ["ip", "-o", "-4"] and command[0] not in ("sysctl", "modprobe")
                 or command[:2] == ["sysctl", "-w"]]
 
@@ -207,6 +207,14 @@ def test_nftables_mode_replaces_the_table_and_clears_kube_chains(monkeypatch, ne
     assert "add table ip kube-proxy" in nft_input and "delete table" not in nft_input
     assert "drop comment \"Drop traffic to unallocated ClusterIPs\"" in nft_input
     assert outcome.result["rules"].startswith("add table ip kube-proxy")
+
+
+def test_nftables_mode_on_a_kernel_without_ip_nf_tables_says_so(monkeypatch, netns_exists):
+    node = FakeNode(**{"nft -c": (1, "", "Error: Could not process rule: Operation not supported\nadd table ip kube-proxy\n")})
+    outcome = run(monkeypatch, app1_args(mode="nftables"), node)
+    assert outcome.failed
+    assert "Operation not supported" in outcome.result["msg"] and "mode=iptables or mode=ipvs" in outcome.result["msg"]
+    assert node.changes() == []
 
 
 def test_nftables_mode_with_the_table_in_place_changes_nothing(monkeypatch, netns_exists):

@@ -261,8 +261,6 @@ NO_IPVS = (
     "mode=ipvs needs IPVS (IP_VS) in the kernel, and this kernel cannot load it (%s). "
     "Run the lab inside the user-mode-linux node, whose kernel has it: make lab-shell MODE=ipvs"
 )
-
-
 NO_NFTABLES = (
     "mode=nftables needs nf_tables with the ip family in the kernel, and this one cannot add "
     "an ip table (nft: %s). Use mode=iptables or mode=ipvs here, or a kernel of 5.13 or newer "

@@ -92,7 +92,7 @@ def plan(config: ProxyConfig, present: bool, live: Live) -> SyncPlan:
     ))
     # ... and can only be destroyed once no rule refers to them.
     if sets_after:
-        steps.append(Step("ipset", before="", after="", commands=[(("ipset", "restore"), _lines(sets_after))]))
+        steps.append(Step("ipset", commands=[(("ipset", "restore"), _lines(sets_after))], **sets_diff))
 
     server_lines = ipvs.plan_virtual_servers(wanted_ipvs.virtual_servers, live_servers)
     steps.append(Step(

@@ -3,6 +3,7 @@
 #   make observe [SOURCE=node|client|pod2] [COUNT=300] [MODE=…]   watch the Service balance, and the kernel do it
 #   make lab-shell [MODE=ipvs]               a shell in a user-mode-linux node with the lab up
 #   make teardown                            remove everything the lab made
+#   make exercise E=NAME A=break|check|fix   a break-and-fix exercise in the running lab (README: Exercises)
 #   make test                                lint + unit tests + Molecule (the lab, end to end)
 # Every recipe runs with .venv/bin first in PATH.
 
@@ -22,7 +23,7 @@ VENV_STAMP := $(VENV)/.requirements-installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help bootstrap packages lab lab-shell observe teardown test lint unit molecule
+.PHONY: help bootstrap packages lab lab-shell observe teardown exercise test lint unit molecule
 
 help:
 	@sed -n 's/^#   //p' $(MAKEFILE_LIST)
@@ -73,6 +74,12 @@ lab-shell: bootstrap
 
 teardown: bootstrap
 	ansible-playbook playbooks/teardown.yml
+
+# Without E it fails listing the exercises; the mode is the one the node runs.
+E ?=
+A ?= check
+exercise: bootstrap
+	ansible-playbook playbooks/exercise.yml -e exercise=$(E) -e step=$(A)
 
 test: lint unit molecule
 

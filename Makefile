@@ -1,7 +1,9 @@
 # kube-proxy-lab. Run as root on Debian/Ubuntu:
-#   make lab [MODE=iptables|ipvs|nftables]   build the lab (installs what is missing first)
+#   make lab [MODE=iptables|ipvs|nftables] [PODS=N]   build the lab (installs what is missing first)
+#   make observe [SOURCE=node|client|pod2] [COUNT=300] [MODE=…]   watch the Service balance, and the kernel do it
 #   make lab-shell [MODE=ipvs]               a shell in a user-mode-linux node with the lab up
 #   make teardown                            remove everything the lab made
+#   make exercise E=NAME A=break|check|fix   a break-and-fix exercise in the running lab (README: Exercises)
 #   make test                                lint + unit tests + Molecule (the lab, end to end)
 # Every recipe runs with .venv/bin first in PATH.
 
@@ -21,7 +23,7 @@ VENV_STAMP := $(VENV)/.requirements-installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help bootstrap packages lab lab-shell teardown test lint unit molecule
+.PHONY: help bootstrap packages lab lab-shell observe teardown exercise test lint unit molecule
 
 help:
 	@sed -n 's/^#   //p' $(MAKEFILE_LIST)
@@ -57,7 +59,12 @@ lab: bootstrap
 	  echo "Run the lab inside a user-mode-linux node, whose kernel has it:  make lab-shell MODE=ipvs" >&2; \
 	  exit 1; \
 	fi
-	ansible-playbook lab.yml -e mode=$(MODE)
+	ansible-playbook lab.yml -e mode=$(MODE) $(if $(PODS),-e pods=$(PODS))
+
+# MODE only when given: without it, observe watches the lab in the mode it runs.
+observe: bootstrap
+	ansible-playbook playbooks/observe.yml $(if $(SOURCE),-e source=$(SOURCE)) $(if $(COUNT),-e count=$(COUNT)) \
+	  $(if $(filter command line environment,$(origin MODE)),-e mode=$(MODE))
 
 # The node's kernel has IPVS but no nf_tables for ip tables: MODE=nftables cannot run there.
 lab-shell: bootstrap
@@ -67,6 +74,12 @@ lab-shell: bootstrap
 
 teardown: bootstrap
 	ansible-playbook playbooks/teardown.yml
+
+# Without E it fails listing the exercises; the mode is the one the node runs.
+E ?=
+A ?= check
+exercise: bootstrap
+	ansible-playbook playbooks/exercise.yml -e exercise=$(E) -e step=$(A)
 
 test: lint unit molecule
 

@@ -1,0 +1,421 @@
+#!/usr/bin/env python3
+"""kube-proxy-lab's observer (playbooks/observe.yml), Python standard library only.
+
+    lab_observe.py requests --url URL [--count N] [--timeout S]    # inside the source namespace
+    lab_observe.py trace --kind xtables|nft -- REQUEST_ARGV...     # inside the node namespace
+    lab_observe.py report < observation.json                       # anywhere: the text for a student
+
+``requests`` sends N requests, one TCP connection each (as N curls would, in one process),
+and prints, as JSON, how many each pod answered and the client addresses it saw.
+``trace`` runs the kernel's trace monitor (``xtables-monitor --trace`` or
+``nft monitor trace``), runs REQUEST_ARGV (one request from the source) while it listens,
+and prints the monitor's lines as JSON. ``report`` turns what observe.yml collected into
+tables: the distribution, the kernel's counters, the conntrack entries, the path of one
+connection through the rules.
+"""
+
+import argparse
+import collections
+import http.client
+import json
+import re
+import subprocess
+import sys
+import time
+from urllib.parse import urlsplit
+
+ANSWER = re.compile(r"^pod=(?P<pod>\S+) client=(?P<ip>[0-9.]+):\d+$")
+COUNTED_RULE = re.compile(r"^\[(?P<packets>\d+):\d+\] -A (?P<chain>\S+) (?P<rule>.*)$")
+TARGET = re.compile(r"-j (?P<target>\S+)(?P<args>.*)$")
+CONNTRACK_FIELD = re.compile(r"(\w+)=(\S+)")
+XT_TRACE = re.compile(r"^\s*TRACE: \d+ (?P<id>\w+) (?P<table>[\w-]+):(?P<chain>[^:]+):(?P<kind>rule|return|policy):(?P<rest>.*)$")
+NFT_TRACE = re.compile(r"^trace id (?P<id>\w+) (?P<family>\w+) (?P<table>\S+) (?P<chain>\S+) (?P<kind>rule|verdict|policy|packet:)\s*(?P<rest>.*)$")
+XT_PACKET_ID = re.compile(r" ID=(\d+) ")
+NFT_PACKET_ID = re.compile(r" ip id (\d+) ")
+# xtables-monitor prints a chain's return as nf_tables' numeric verdict.
+XT_VERDICTS = {"0xfffffffb": "RETURN"}
+IPVS_SERVICE = re.compile(r"^(?P<proto>TCP|UDP|SCTP)\s+(?P<addr>\S+)\s+(?P<conns>\d+)")
+IPVS_REAL = re.compile(r"^\s+->\s+(?P<addr>\S+)\s+(?P<conns>\d+)")
+# Seconds the monitor gets to subscribe before the request, and to print after it.
+MONITOR_SETTLE = 0.5
+
+
+# ---------------------------------------------------------------- requests
+
+def one_request(host, port, timeout):
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.request("GET", "/")
+        return connection.getresponse().read().decode(errors="replace").strip()
+    finally:
+        connection.close()
+
+
+def requests(url, count, timeout):
+    parts = urlsplit(url)
+    pods = collections.OrderedDict()
+    failed = collections.Counter()
+    for _ in range(count):
+        try:
+            match = ANSWER.match(one_request(parts.hostname, parts.port or 80, timeout))
+        except (OSError, http.client.HTTPException) as error:
+            failed[type(error).__name__] += 1
+            continue
+        if not match:
+            failed["unexpected answer"] += 1
+            continue
+        pod = pods.setdefault(match["pod"], {"count": 0, "clients": collections.Counter()})
+        pod["count"] += 1
+        pod["clients"][match["ip"]] += 1
+    return {"url": url, "count": count, "pods": pods, "failed": dict(failed)}
+
+
+# ---------------------------------------------------------------- trace
+
+def trace(kind, request_argv):
+    """Run the monitor around one request; its output lines."""
+    monitor = ["xtables-monitor", "--trace"] if kind == "xtables" else ["nft", "monitor", "trace"]
+    with subprocess.Popen(monitor, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
+        try:
+            time.sleep(MONITOR_SETTLE)
+            answer = subprocess.run(request_argv, capture_output=True, text=True, check=False)
+            time.sleep(MONITOR_SETTLE)
+        finally:
+            process.terminate()
+        output, _ = process.communicate(timeout=5)
+    return {"monitor": " ".join(monitor), "lines": output.splitlines(), "request": answer.stdout.strip()}
+
+
+# ---------------------------------------------------------------- parsers
+
+def counted_rules(save_text):
+    """[(chain, rule, packets)] from ``iptables-save -c``; repeated rules keep their order."""
+    rules = []
+    for line in save_text.splitlines():
+        match = COUNTED_RULE.match(line)
+        if match:
+            rules.append((match["chain"], match["rule"], int(match["packets"])))
+    return rules
+
+
+def counter_deltas(before_text, after_text):
+    """[(chain, rule, packets now, packets added)]: after's rules against before's."""
+    seen = collections.Counter()
+    before = {}
+    for chain, rule, packets in counted_rules(before_text):
+        seen[(chain, rule)] += 1
+        before[(chain, rule, seen[(chain, rule)])] = packets
+    seen.clear()
+    result = []
+    for chain, rule, packets in counted_rules(after_text):
+        seen[(chain, rule)] += 1
+        result.append((chain, rule, packets, packets - before.get((chain, rule, seen[(chain, rule)]), 0)))
+    return result
+
+
+def iptables_service_chains(rules, vip, port):
+    """The service's KUBE-SVC chain and its KUBE-SEP chains, in rule order, with each SEP's DNAT target."""
+    svc = None
+    for chain, rule, *_ in rules:
+        target = TARGET.search(rule)
+        if (chain == "KUBE-SERVICES" and target and target["target"].startswith("KUBE-SVC-")
+                and re.search(r"-d %s(/32)? " % re.escape(vip), rule) and "--dport %s " % port in rule + " "):
+            svc = target["target"]
+            break
+    seps = []
+    for chain, rule, *_ in rules:
+        target = TARGET.search(rule)
+        if chain == svc and target and target["target"].startswith("KUBE-SEP-") and target["target"] not in seps:
+            seps.append(target["target"])
+    dnat = {}
+    for chain, rule, *_ in rules:
+        match = re.search(r"--to-destination ([0-9.]+):\d+", rule)
+        if chain in seps and match:
+            dnat[chain] = match.group(1)
+    return svc, seps, dnat
+
+
+def nft_endpoints(table_text, vip, proto, port):
+    """Endpoint IPs of the service's numgen vmap in ``nft list table ip kube-proxy``, and that line."""
+    match = re.search(r"%s \. %s \. %s : goto (\S+?)[,\s}]" % (re.escape(vip), proto, port), table_text)
+    if not match:
+        return [], ""
+    chain = match.group(1)
+    body = re.search(r"chain %s \{(.*?)\n\t\}" % re.escape(chain), table_text, re.S)
+    line = next((text.strip() for text in (body.group(1) if body else "").splitlines() if "numgen" in text), "")
+    return re.findall(r"__([0-9.]+)/\d+", line), line
+
+
+def ipvs_block(stats_text, vip, port):
+    """(virtual server line, {real ip: conns}) of VIP:port in ``ipvsadm -Ln --stats``."""
+    lines, reals, inside = [], collections.OrderedDict(), False
+    for line in stats_text.splitlines():
+        service = IPVS_SERVICE.match(line)
+        if service:
+            inside = service["addr"] == "%s:%s" % (vip, port)
+            if inside:
+                lines.append(line)
+            continue
+        real = IPVS_REAL.match(line)
+        if inside and real:
+            lines.append(line)
+            reals[real["addr"].rsplit(":", 1)[0]] = int(real["conns"])
+    return lines, reals
+
+
+def conntrack_entries(text, vip, port):
+    """Entries of ``conntrack -L -d VIP`` for the port, as (original source, pod address, line)."""
+    entries = []
+    for line in text.splitlines():
+        fields = CONNTRACK_FIELD.findall(line)
+        values = collections.defaultdict(list)
+        for key, value in fields:
+            values[key].append(value)
+        if len(values["src"]) < 2 or values["dst"][0] != vip or values["dport"][:1] != [str(port)]:
+            continue
+        entries.append(("%s:%s" % (values["src"][0], values["sport"][0]), values["src"][1], line.strip()))
+    return entries
+
+
+# ---------------------------------------------------------------- the path of one connection
+
+def walk_counters(deltas, start):
+    """The rules one new connection went through, from the counters it raised: from the hook
+    chain, the first rule that counted it in each chain is followed into its target."""
+    chains = collections.OrderedDict()
+    for chain, rule, _packets, added in deltas:
+        chains.setdefault(chain, []).append((rule, added))
+    steps = []
+
+    def visit(chain, depth):
+        if depth > 10:
+            return False
+        for rule, added in chains.get(chain, []):
+            if added <= 0:
+                continue
+            target = TARGET.search(rule)
+            name = target["target"] if target else ""
+            steps.append((chain, rule))
+            if name in chains:
+                if visit(name, depth + 1):
+                    return True
+                continue
+            if name in ("DNAT", "ACCEPT", "DROP", "REJECT"):
+                return True
+            if name == "RETURN":
+                return False
+        return False
+
+    visit(start, 0)
+    return steps
+
+
+def trace_steps(kind, lines):
+    """(where, rule and verdict) for the connection's first packet, the only one the nat hooks
+    see. The monitor's trace ids are reused by later packets, so the packet is told by its IP
+    header's id, printed in each packet line (xtables ``ID=N``, nft ``ip ... id N``)."""
+    pattern, packet_id = (XT_TRACE, XT_PACKET_ID) if kind == "xtables" else (NFT_TRACE, NFT_PACKET_ID)
+    first = current = None
+    steps = []
+    for line in lines:
+        packet = packet_id.search(line) if ("PACKET:" in line or "packet:" in line) else None
+        if packet:
+            current = packet.group(1)
+            first = first or current
+            continue
+        match = pattern.match(line)
+        if not match or current != first or match["kind"] in ("packet:", "return"):
+            continue
+        where = "%s %s" % (match["table"], match["chain"])
+        rest = match["rest"].strip()
+        if kind == "xtables" and match["kind"] == "rule":
+            # rule:0x5:JUMP:KUBE-SERVICES  -4 -t nat -A OUTPUT ... : keep the rule and its verdict
+            handle_verdict, _sep, rule = rest.partition("  ")
+            verdict = ":".join(handle_verdict.split(":")[1:])
+            rest = "%s  => %s" % (re.sub(r"^-4 -t \S+ -A \S+ ", "", rule.strip()), XT_VERDICTS.get(verdict, verdict))
+        elif match["kind"] != "rule":
+            rest = "%s %s" % (match["kind"], rest)
+        steps.append((where, rest))
+    return steps
+
+
+# ---------------------------------------------------------------- report
+
+def percent(part, whole):
+    return "%5.1f %%" % (100.0 * part / whole) if whole else "      -"
+
+
+def distribution(data, endpoints):
+    result = data["requests"]
+    answered = result["pods"]
+    names = [pod["name"] for pod in data["pods"]]
+    names += [name for name in answered if name not in names]
+    by_name = {pod["name"]: pod["ip"] for pod in data["pods"]}
+    lines = [
+        "%d requests from %s to %s (%s, mode %s):" % (result["count"], data["source"], result["url"],
+                                                        data["service"], data["mode"]),
+        "",
+        "  %-8s %-10s %6s %8s %9s   %s" % ("pod", "ip", "count", "share", "expected", "source address(es) the pod saw"),
+    ]
+    for name in names:
+        pod = answered.get(name, {"count": 0, "clients": {}})
+        ip = by_name.get(name, "?")
+        expected = "%5.1f %%" % (100.0 / len(endpoints)) if ip in endpoints else "  - (not an endpoint)"
+        clients = ", ".join("%s (%d)" % item for item in sorted(pod["clients"].items())) or "-"
+        lines.append("  %-8s %-10s %6d %8s %9s   %s" % (name, ip, pod["count"], percent(pod["count"], result["count"]),
+                                                       expected, clients))
+    failed = sum(result["failed"].values())
+    if failed:
+        lines.append("  %-8s %-10s %6d %8s %9s   %s" % ("failed", "", failed, percent(failed, result["count"]), "0.0 %",
+                                                        ", ".join("%s: %d" % item for item in sorted(result["failed"].items()))))
+    lines.append("")
+    lines.append("Endpoints programmed in the kernel: %s (%d, so each should get 1/%d)."
+                 % (", ".join(endpoints) or "none", len(endpoints), max(len(endpoints), 1)))
+    return lines
+
+
+def kernel_view(data):
+    """The mode's own counters for the service, and the endpoints they name."""
+    mode, vip, port = data["mode"], data["cluster_ip"], data["port"]
+    lines = []
+    if mode == "iptables":
+        deltas = counter_deltas(data["before"]["iptables"], data["after"]["iptables"])
+        svc, seps, dnat = iptables_service_chains(deltas, vip, port)
+        endpoints = [dnat[sep] for sep in seps if sep in dnat]
+        lines.append("iptables-save -c -t nat, chains %s and its KUBE-SEP-* (packets: total, +added by these requests)." % svc)
+        lines.append("The nat table sees only a connection's first packet, so a count is a number of connections.")
+        for wanted in [svc] + seps:
+            lines.extend("  %7d %+6d  -A %s %s" % (packets, added, chain, rule)
+                         for chain, rule, packets, added in deltas if chain == wanted)
+    elif mode == "ipvs":
+        block, reals_after = ipvs_block(data["after"]["ipvs"], vip, port)
+        _block, reals_before = ipvs_block(data["before"]["ipvs"], vip, port)
+        endpoints = list(reals_after)
+        lines.append("ipvsadm -Ln --stats (Conns: connections scheduled to each real server; +added by these requests):")
+        lines.extend("  " + line for line in block)
+        for ip, conns in reals_after.items():
+            lines.append("  %-15s +%d connections" % (ip, conns - reals_before.get(ip, 0)))
+    else:
+        endpoints, vmap = nft_endpoints(data["after"]["nftables"], vip, data["protocol"], port)
+        lines.append("nft list table ip kube-proxy: kube-proxy's rules carry no `counter`, so nftables keeps no")
+        lines.append("per-rule counts (adding counters would change the table kube-proxy writes). The choice is")
+        lines.append("made by this line, one random number per new connection; conntrack below counts the result:")
+        lines.append("  " + (vmap or "(no numgen line found for %s:%s)" % (vip, port)))
+    return lines, endpoints
+
+
+def conntrack_view(data):
+    before = {entry[0] for entry in conntrack_entries(data["before"]["conntrack"], data["cluster_ip"], data["port"])}
+    entries = [entry for entry in conntrack_entries(data["after"]["conntrack"], data["cluster_ip"], data["port"])
+               if entry[0] not in before]
+    names = {pod["ip"]: pod["name"] for pod in data["pods"]}
+    per_pod = collections.Counter("%s (%s)" % (ip, names.get(ip, "?")) for _source, ip, _line in entries)
+    lines = ["conntrack -L -d %s: %d new entries for these requests; the reply comes from the pod the"
+             % (data["cluster_ip"], len(entries)),
+             "connection was DNATed to (the second src=):"]
+    lines.extend("  %-20s %d" % item for item in sorted(per_pod.items()))
+    lines.extend("  e.g. " + line for _source, _pod, line in entries[:2])
+    return lines
+
+
+def path_view(data):
+    path = data["path"]
+    lines = ["One connection from %s, followed through the rules:" % data["source"]]
+    if path["method"] in ("xtables", "nft"):
+        lines.append("(%s, inside the node; the trace rules are removed again)" % path["trace"]["monitor"])
+        steps = trace_steps(path["method"], path["trace"]["lines"])
+        if not steps:
+            lines.append("  the monitor saw nothing: %s" % (" | ".join(path["trace"]["lines"][:3]) or "no output"))
+    else:
+        lines.append("(no trace here: %s. The path below is the rules whose packet counters" % path["why"])
+        lines.append(" one request raised, read with iptables-save -c before and after it)")
+        steps = walk_counters(counter_deltas(path["before"], path["after"]), path["hook"])
+    if steps:
+        lines.append("  " + summary(path["method"], steps))
+    for where, what in steps:
+        lines.append("  %-40s %s" % (where, what))
+    if path.get("ipvs_before") is not None:
+        _b, before = ipvs_block(path["ipvs_before"], data["cluster_ip"], data["port"])
+        _a, after = ipvs_block(path["ipvs_after"], data["cluster_ip"], data["port"])
+        chosen = [ip for ip, conns in after.items() if conns > before.get(ip, 0)]
+        lines.append("  %-40s virtual server %s:%s -> real server %s (masquerade, port %s)"
+                     % ("IPVS (LOCAL_IN/LOCAL_OUT hook)", data["cluster_ip"], data["port"],
+                        ", ".join(chosen) or "?", data["target_port"]))
+    lines.append("  %-40s %s" % ("answer", answered_by(path.get("answer"))))
+    return lines
+
+
+# Where the Service's path runs: iptables' nat table (and its KUBE-* chains), or the nat side of
+# kube-proxy's nftables table; the other tables and filter chains a traced packet crosses are left out.
+PATH_TABLES = {"xtables": ("nat",), "nft": ("kube-proxy",), "counters": ("",)}
+NFT_FILTER_CHAINS = ("filter-", "firewall-check", "cluster-ips-check", "service-endpoints-check",
+                     "nodeport-endpoints-check")
+
+
+def summary(method, steps):
+    """PREROUTING -> KUBE-SERVICES -> KUBE-SVC-... -> KUBE-SEP-... -> DNAT 10.0.0.3:8080, from the
+    steps; a chain returned to is not repeated, and a masquerade on the way out is added."""
+    chains, dnat, masquerade = [], None, False
+    for where, what in steps:
+        table, _sep, chain = where.rpartition(" ")
+        if table not in PATH_TABLES[method] or chain.startswith(NFT_FILTER_CHAINS):
+            continue
+        if dnat:
+            masquerade = masquerade or re.search(r"MASQUERADE|masquerade", what) is not None
+            continue
+        if chain not in chains:
+            chains.append(chain)
+        found = re.search(r"(?:--to-destination|dnat to) ([0-9.:]+)", what)
+        if found:
+            dnat = found.group(1)
+    if dnat:
+        chains.append("DNAT " + dnat)
+    text = "path: " + " -> ".join(chains)
+    return text + ("; on the way out POSTROUTING masquerades the source" if masquerade else "")
+
+
+def answered_by(answer):
+    """What the one traced request got back (the requests JSON of a count of 1)."""
+    try:
+        pods = json.loads(answer)["pods"]
+    except (TypeError, ValueError, KeyError):
+        return "none (%s)" % (answer or "no output")
+    return ", ".join("%s, which saw the client as %s" % (name, ", ".join(pod["clients"]))
+                     for name, pod in pods.items()) or "none: the request failed"
+
+
+def report(data):
+    for when in ("before", "after"):
+        texts = dict.fromkeys(("iptables", "ipvs", "nftables", "conntrack"), "")
+        texts.update(dict(data[when]))
+        data[when] = texts
+    kernel, endpoints = kernel_view(data)
+    sections = [distribution(data, endpoints), kernel, conntrack_view(data), path_view(data)]
+    return "\n".join("\n".join(line.rstrip() for line in section) + "\n" for section in sections)
+
+
+# ---------------------------------------------------------------- command line
+
+def main(argv=None):
+    cli = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    commands = cli.add_subparsers(dest="command", required=True)
+    send = commands.add_parser("requests")
+    send.add_argument("--url", required=True)
+    send.add_argument("--count", type=int, default=300)
+    send.add_argument("--timeout", type=float, default=2.0)
+    follow = commands.add_parser("trace")
+    follow.add_argument("--kind", choices=["xtables", "nft"], required=True)
+    follow.add_argument("request", nargs="+")
+    commands.add_parser("report")
+    args = cli.parse_args(argv)
+    if args.command == "requests":
+        print(json.dumps(requests(args.url, args.count, args.timeout)))
+    elif args.command == "trace":
+        print(json.dumps(trace(args.kind, args.request)))
+    else:
+        sys.stdout.write(report(json.load(sys.stdin)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

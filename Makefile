@@ -9,10 +9,11 @@
 
 MODE ?= iptables
 # Molecule scenarios `make test` runs, one per mode. A scenario that needs IPVS runs inside
-# the user-mode-linux node when this kernel cannot load ip_vs; none is ever skipped.
+# the user-mode-linux node when this kernel cannot load ip_vs, alongside the others
+# (tools/run-scenarios); none is ever skipped.
 SCENARIOS ?= default nftables ipvs
 # Seconds one user-mode-linux run may take before it is killed (tools/uml-run).
-UML_RUN_TIMEOUT ?= 2400
+UML_RUN_TIMEOUT ?= 4200
 export UML_RUN_TIMEOUT
 PYTHON ?= python3
 APT_PACKAGES := iproute2 iptables nftables ipset ipvsadm conntrack curl python3-venv python3-pip \
@@ -91,12 +92,4 @@ unit: bootstrap
 	pytest -q tests/unit tests/tools
 
 molecule: bootstrap
-	@for scenario in $(SCENARIOS); do \
-	  if [ "$$scenario" = ipvs ] && ! tools/kernel-has-ipvs; then \
-	    echo "molecule test -s $$scenario: this kernel cannot load ip_vs, so inside the user-mode-linux node"; \
-	    tools/uml-run molecule test -s "$$scenario" || exit 1; \
-	  else \
-	    echo "molecule test -s $$scenario"; \
-	    molecule test -s "$$scenario" || exit 1; \
-	  fi; \
-	done
+	tools/run-scenarios $(SCENARIOS)

@@ -21,10 +21,11 @@ RESULT_FIELDS = (
     "kernel", "mode", "services", "rules",
     "cold_s", "nochange_s", "onechange_s", "peak_rss_mb", "bare_apply_s",
     "first_median_ms", "first_p95_ms", "last_median_ms", "last_p95_ms",
-    "connections", "failed_connections",
+    "connections", "failed_connections", "note",
 )
 # One row of baseline.csv: per-rule ansible.builtin.iptables against the module, same rules.
-BASELINE_FIELDS = ("kernel", "services", "rules", "ansible_iptables_s", "module_cold_s", "speedup")
+BASELINE_FIELDS = ("kernel", "services", "rules", "ansible_iptables_s", "empty_playbook_s", "module_playbook_s",
+                   "module_cold_s", "speedup", "speedup_module")
 
 
 def cluster_ips(count, seed=0, cidr=SERVICE_CIDR):
@@ -76,9 +77,21 @@ def latency_summary(seconds):
     return dict(median_ms=percentile(seconds, 0.5) * 1000.0, p95_ms=percentile(seconds, 0.95) * 1000.0)
 
 
-def count_rules(restore_text):
-    """Rules in an iptables-restore text (its -A lines)."""
-    return sum(1 for line in restore_text.splitlines() if line.startswith("-A "))
+def count_rules(text):
+    """Rules in an iptables-restore text (its -A lines) or an nft script (its add rule lines)."""
+    return sum(1 for line in text.splitlines() if line.startswith(("-A ", "add rule ")))
+
+
+def predicted_seconds(previous, count):
+    """A cold sync's time at count Services, from (N, seconds) measured at a smaller N.
+
+    From N >= 1000 it assumes growth with N squared: the nf_tables paths measured here grow
+    faster than linearly there, and a linear guess would start runs that take hours. Below,
+    the fixed cost of a run dominates, and it assumes linear growth. None without a previous."""
+    if previous is None:
+        return None
+    size, seconds = previous
+    return seconds * (count / float(size)) ** (2 if size >= 1000 else 1)
 
 
 def to_csv(rows, fields):
@@ -221,9 +234,20 @@ def baseline_rules(restore_text):
     return sorted(rules, key=lambda options: order.get(options["chain"][:8], 2))
 
 
+def baseline_chains(rules):
+    """The chains the per-service rules live in, each once, in the rules' order (the dispatch
+    chain KUBE-SERVICES is made beforehand with the fixed chains)."""
+    chains = []
+    for options in rules:
+        if options["chain"] != "KUBE-SERVICES" and options["chain"] not in chains:
+            chains.append(options["chain"])
+    return chains
+
+
 def baseline_playbook(rules_file):
-    """A playbook adding each rule with ansible.builtin.iptables, one loop item per rule, as
-    a role written rule by rule would. It runs on localhost; tools/bench starts it inside the
+    """A playbook creating each chain, then adding each rule, with ansible.builtin.iptables,
+    one loop item (one module run) per chain and per rule, as a role written rule by rule
+    would (ansible.builtin.iptables creates a chain only in a task without rule options). It runs on localhost; tools/bench starts it inside the
     bench node's namespace (ip netns exec), so every iptables call it makes lands there."""
     return (
         "---\n"
@@ -234,6 +258,12 @@ def baseline_playbook(rules_file):
         "  vars_files:\n"
         "    - %s\n"
         "  tasks:\n"
+        "    - name: Create the chain\n"
+        "      ansible.builtin.iptables:\n"
+        "        table: nat\n"
+        "        chain: \"{{ item }}\"\n"
+        "        chain_management: true\n"
+        "      loop: \"{{ bench_chains }}\"\n"
         "    - name: Add the rule\n"
         "      ansible.builtin.iptables:\n"
         "        table: \"{{ item.table }}\"\n"
@@ -251,3 +281,12 @@ def baseline_playbook(rules_file):
         "      loop_control:\n"
         "        label: \"{{ item.chain }}\"\n"
     ) % json.dumps(rules_file)
+
+
+def series(rows):
+    """Measured rows (not the skipped) grouped by (kernel, mode), sorted by N: one line of a plot."""
+    groups = {}
+    for row in rows:
+        if row.get("cold_s") not in (None, ""):
+            groups.setdefault((row["kernel"], row["mode"]), []).append(row)
+    return {key: sorted(group, key=lambda row: int(row["services"])) for key, group in groups.items()}

@@ -134,7 +134,12 @@ def plan(config: ProxyConfig, present: bool, live: Live) -> SyncPlan:
     wanted_table = nftables.render(config, config.service_cidr) if use_nftables else None
     live_table = nftables.parse_json(live.nft_table) if live.nft_table is not None else None
     if wanted_table != live_table:
-        nft_input = nftables.script(wanted_table, live_table is not None) if wanted_table else nftables.delete_script()
+        if not wanted_table:
+            nft_input = nftables.delete_script()
+        else:
+            # In place when the table is there (kube-proxy's partial sync); whole otherwise.
+            nft_input = ((nftables.update_script(wanted_table, live_table) if live_table is not None else None)
+                         or nftables.script(wanted_table, live_table is not None))
         steps.append(Step(
             "nftables",
             before=lambda: nftables.listing(live_table) if live_table else "",

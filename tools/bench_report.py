@@ -64,33 +64,39 @@ def markdown(rows, baseline, quick):
 
 
 def plot(rows, path):
-    """Two panels: latency to the last Service vs N, and cold sync time vs N, per kernel and mode."""
+    """Three panels, per kernel and mode, against N: the latency to the first and the last
+    Service; the last minus the first (probed alternately, so drift on a shared machine
+    cancels out: this is the rule walk's own cost); the module's sync time."""
     import matplotlib  # pylint: disable=import-outside-toplevel
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
-    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    figure, (left, middle, right) = plt.subplots(1, 3, figsize=(17, 4.8))
     for key, series in sorted(lib.series(rows).items()):
         label = "%s (%s)" % (key[1], key[0].split()[0])
         sizes = [int(row["services"]) for row in series]
-        line = left.plot(sizes, [float(row["last_median_ms"] or "nan") for row in series], marker="o",
-                         label=label + " last")[0]
-        left.plot(sizes, [float(row["first_median_ms"] or "nan") for row in series], marker=".", linestyle=":",
-                  color=line.get_color(), label=label + " first")
-        right.plot(sizes, [float(row["cold_s"]) for row in series], marker="o", label=label + " cold",
-                   color=line.get_color())
+        last = [float(row["last_median_ms"] or "nan") for row in series]
+        first = [float(row["first_median_ms"] or "nan") for row in series]
+        line = left.plot(sizes, last, marker="o", label=label + " last")[0]
+        colour = line.get_color()
+        left.plot(sizes, first, marker=".", linestyle=":", color=colour, label=label + " first")
+        middle.plot(sizes, [b - a for a, b in zip(first, last)], marker="o", color=colour, label=label)
+        right.plot(sizes, [float(row["cold_s"]) for row in series], marker="o", label=label + " cold", color=colour)
         right.plot(sizes, [float(row["onechange_s"]) for row in series], marker=".", linestyle=":",
-                   color=line.get_color(), label=label + " 1 endpoint")
+                   color=colour, label=label + " 1 endpoint")
     left.set(xscale="log", xlabel="Services (3 endpoints each)", ylabel="new connection, median ms",
              title="Latency to the first / last Service")
+    middle.axhline(0, color="grey", linewidth=0.8)
+    middle.set(xscale="log", xlabel="Services (3 endpoints each)", ylabel="ms",
+               title="Last minus first Service, median")
     right.set(xscale="log", yscale="log", xlabel="Services (3 endpoints each)", ylabel="seconds",
               title="Module sync time")
-    for axes in (left, right):
+    for axes in (left, middle, right):
         axes.grid(True, which="both", alpha=0.3)
         axes.legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=100)
     plt.close(figure)
 
 

@@ -49,7 +49,7 @@ def programmed(host, lab, service):
                          for line in jumps]
         return [dnat[sep] for sep in seps], probabilities
     if mode == "ipvs":
-        table = host.check_output("ip netns exec %s ipvsadm -Ln -t %s:%s", node, service["cluster_ip"], service["port"])
+        table = host.check_output("ip netns exec %s ipvsadm -Ln -t %s:%s", node, service["cluster_ip"], str(service["port"]))
         return [line.split()[1].rsplit(":", 1)[0] for line in table.splitlines() if line.strip().startswith("->")
                 and line.split()[1][0].isdigit()], None
     table = host.check_output("ip netns exec %s nft list table ip kube-proxy", node)

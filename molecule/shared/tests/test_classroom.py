@@ -141,6 +141,32 @@ def test_scaling_follows_the_pod_count(host, lab):
     assert len(ports.splitlines()) == len(lab["pods"]), ports
 
 
+def test_pods_at_reused_addresses_are_ready_at_once(host, lab):
+    """Scaled down and up again, new pods get the removed pods' addresses, which the node still
+    caches with the old MACs: left alone, it would take 5 s (delay_first_probe_time) to notice,
+    longer than the readiness probe waits, and the new pods would be left out of the Service."""
+    service = lab["services"][0]
+    pods = scaled_pods(lab, SCALED)
+    reused = pods[len(lab["pods"]):]
+    old_mac = "02:00:00:00:00:%02x"
+    try:
+        for number, pod in enumerate(reused):
+            host.check_output("ip -n %s neigh replace %s lladdr %s dev cni0 nud stale",
+                              lab["node_netns"], pod["ip"], old_mac % number)
+        play("lab.yml", mode=lab["mode"], pods=SCALED)
+        endpoints, _ = programmed(host, lab, service)
+        assert sorted(endpoints) == sorted(pod["ip"] for pod in pods), "a new pod was left out as not ready"
+        cached = host.check_output("ip -n %s neigh show dev cni0", lab["node_netns"])
+        for pod in reused:
+            assert "%s lladdr %s " % (pod["ip"], mac(host, pod["netns"])) in cached, cached
+    finally:
+        play("lab.yml", mode=lab["mode"])
+
+
+def mac(host, netns):
+    return json.loads(host.check_output("ip -n %s -j link show dev eth0", netns))[0]["address"]
+
+
 # ---------------------------------------------------------------- endpoints follow health
 
 def test_a_stopped_pod_leaves_the_service(host, lab):

@@ -11,7 +11,7 @@ MODE ?= iptables
 # Molecule scenarios `make test` runs, one per mode. A scenario that needs IPVS runs inside
 # the user-mode-linux node when this kernel cannot load ip_vs, alongside the others
 # (tools/run-scenarios); none is ever skipped.
-SCENARIOS ?= default nftables ipvs
+SCENARIOS ?= default nftables ipvs ipvs-classroom
 # Seconds one user-mode-linux run may take before it is killed (tools/uml-run).
 UML_RUN_TIMEOUT ?= 4200
 export UML_RUN_TIMEOUT

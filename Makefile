@@ -4,7 +4,8 @@
 #   make lab-shell [MODE=ipvs]               a shell in a user-mode-linux node with the lab up
 #   make teardown                            remove everything the lab made
 #   make exercise E=NAME A=break|check|fix   a break-and-fix exercise in the running lab (README: Exercises)
-#   make test                                lint + unit tests + Molecule (the lab, end to end)
+#   make bench [QUICK=1]                     benchmark the module and the data plane (docs/performance.md)
+#   make test                                lint + unit tests + a QUICK bench + Molecule (the lab, end to end)
 # Every recipe runs with .venv/bin first in PATH.
 
 MODE ?= iptables
@@ -24,7 +25,7 @@ VENV_STAMP := $(VENV)/.requirements-installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help bootstrap packages lab lab-shell observe teardown exercise test lint unit molecule
+.PHONY: help bootstrap packages lab lab-shell observe teardown exercise test lint unit bench bench-quick molecule
 
 help:
 	@sed -n 's/^#   //p' $(MAKEFILE_LIST)
@@ -82,7 +83,17 @@ A ?= check
 exercise: bootstrap
 	ansible-playbook playbooks/exercise.yml -e exercise=$(E) -e step=$(A)
 
-test: lint unit molecule
+test: lint unit bench-quick molecule
+
+# Sync time, memory and connection latency per mode and N, in bench-* namespaces; results in
+# bench-results/ (bench-results/quick/ with QUICK=1). IPVS runs in the user-mode-linux node
+# when this kernel has none. A benchmark, not a test: it asserts no timing.
+bench: bootstrap
+	tools/bench $(if $(filter-out 0,$(QUICK)),--quick)
+
+# make test runs the QUICK bench once (under 2 minutes), so the script stays alive.
+bench-quick: bootstrap
+	tools/bench --quick
 
 lint: bootstrap
 	yamllint -s .

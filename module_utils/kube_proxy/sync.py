@@ -6,7 +6,7 @@ node never leaves a second data plane half in place.
 """
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 from . import iptables, ipvs, nftables
 from .model import ProxyConfig
@@ -26,14 +26,34 @@ class Live:
     nft_table: Optional[str] = None         # None: no table ip kube-proxy; else `nft -j list table ip kube-proxy`
 
 
+Text = Union[str, Callable[[], str]]
+
+
 @dataclass
 class Step:
-    """One part of the node's state: how it reads before and after, and the commands between."""
+    """One part of the node's state: how it reads before and after, and the commands between.
+
+    before/after may be given as functions, called only when read (--diff): writing them
+    out costs seconds at thousands of Services, and most runs never show them."""
 
     name: str
-    before: str
-    after: str
+    before_text: Text
+    after_text: Text
     commands: List[Command]
+
+    def __init__(self, name: str, before: Text, after: Text, commands: List[Command]):
+        self.name = name
+        self.before_text = before
+        self.after_text = after
+        self.commands = commands
+
+    @property
+    def before(self) -> str:
+        return self.before_text() if callable(self.before_text) else self.before_text
+
+    @property
+    def after(self) -> str:
+        return self.after_text() if callable(self.after_text) else self.after_text
 
 
 @dataclass
@@ -82,12 +102,12 @@ def plan(config: ProxyConfig, present: bool, live: Live) -> SyncPlan:
         ))
 
     sets_before, sets_after = ipvs.plan_ipsets(wanted_ipvs.ipsets, live_sets)
-    sets_diff = dict(before=ipvs.ipset_text(live_sets), after=ipvs.ipset_text(wanted_ipvs.ipsets))
+    sets_diff = dict(before=lambda: ipvs.ipset_text(live_sets), after=lambda: ipvs.ipset_text(wanted_ipvs.ipsets))
     # Sets must exist before the iptables rules that match on them ...
     steps.append(Step("ipset", commands=[(("ipset", "restore", "-exist"), _lines(sets_before))] if sets_before else [],
                       **sets_diff))
     steps.append(Step(
-        "iptables", before=rules_plan.before, after=rules_plan.after,
+        "iptables", before=lambda: rules_plan.before, after=lambda: rules_plan.after,
         commands=[(("iptables-restore", "--noflush"), rules_plan.restore)] if rules_plan.changed else [],
     ))
     # ... and can only be destroyed once no rule refers to them.
@@ -97,8 +117,8 @@ def plan(config: ProxyConfig, present: bool, live: Live) -> SyncPlan:
     server_lines = ipvs.plan_virtual_servers(wanted_ipvs.virtual_servers, live_servers)
     steps.append(Step(
         "ipvs",
-        before=ipvs.ipvsadm_text(ipvs.IpvsState(virtual_servers=live_servers)),
-        after=ipvs.ipvsadm_text(wanted_ipvs),
+        before=lambda: ipvs.ipvsadm_text(ipvs.IpvsState(virtual_servers=live_servers)),
+        after=lambda: ipvs.ipvsadm_text(wanted_ipvs),
         # `ipvsadm -R`, not ipvsadm-restore: that script clears every virtual server first,
         # which would cut every connection and make the -D/-E/-d/-e edits fail.
         commands=[(("ipvsadm", "-R"), _lines(server_lines))] if server_lines else [],
@@ -114,11 +134,16 @@ def plan(config: ProxyConfig, present: bool, live: Live) -> SyncPlan:
     wanted_table = nftables.render(config, config.service_cidr) if use_nftables else None
     live_table = nftables.parse_json(live.nft_table) if live.nft_table is not None else None
     if wanted_table != live_table:
-        nft_input = nftables.script(wanted_table, live_table is not None) if wanted_table else nftables.delete_script()
+        if not wanted_table:
+            nft_input = nftables.delete_script()
+        else:
+            # In place when the table is there (kube-proxy's partial sync); whole otherwise.
+            nft_input = ((nftables.update_script(wanted_table, live_table) if live_table is not None else None)
+                         or nftables.script(wanted_table, live_table is not None))
         steps.append(Step(
             "nftables",
-            before=nftables.listing(live_table) if live_table else "",
-            after=nftables.listing(wanted_table) if wanted_table else "",
+            before=lambda: nftables.listing(live_table) if live_table else "",
+            after=lambda: nftables.listing(wanted_table) if wanted_table else "",
             commands=[(("nft", "-f", "-"), nft_input)],
         ))
 

@@ -1,0 +1,134 @@
+"""tools/bench_lib.py: the bench's pure helpers (no kernel, no timing asserted)."""
+
+import ipaddress
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "tools"))
+
+import bench_lib as lib  # noqa: E402
+
+SERVICE_CIDR = ipaddress.ip_network("10.96.0.0/12")
+
+
+def test_cluster_ips_are_distinct_usable_and_stable():
+    ips = lib.cluster_ips(10000)
+    assert len(set(ips)) == 10000
+    for ip in ips:
+        address = ipaddress.ip_address(ip)
+        assert address in SERVICE_CIDR
+        assert address not in (SERVICE_CIDR.network_address, SERVICE_CIDR.broadcast_address)
+    # Same seed, same draw: the first Services are the same at every N and every run.
+    assert lib.cluster_ips(10) == lib.cluster_ips(10)
+    assert lib.cluster_ips(3, seed=1) != lib.cluster_ips(3, seed=0)
+
+
+def test_cluster_ips_refuses_more_than_fit():
+    with pytest.raises(ValueError):
+        lib.cluster_ips(7, cidr="10.96.0.0/29")
+
+
+def test_services_are_the_module_argument_in_sorted_order():
+    declared = lib.services(12)
+    assert [service["name"] for service in declared] == sorted(service["name"] for service in declared)
+    assert declared[0] == dict(namespace="bench", name="svc-00000", protocol="TCP",
+                               cluster_ip=declared[0]["cluster_ip"], port=80, target_port=8080,
+                               endpoints=["10.0.0.2", "10.0.0.3", "10.0.0.4"])
+    assert len(lib.services(123456)[-1]["name"]) == len("svc-123455")
+
+
+def test_one_endpoint_changed_touches_only_the_middle_service_and_copies():
+    declared = lib.services(5)
+    changed = lib.with_one_endpoint_changed(declared)
+    assert [s["endpoints"] for s in changed] == [list(lib.POD_IPS)] * 2 + [list(lib.POD_IPS[:2])] + [list(lib.POD_IPS)] * 2
+    assert declared[2]["endpoints"] == list(lib.POD_IPS)
+
+
+def test_percentile_and_latency_summary():
+    assert lib.percentile([3, 1, 2], 0.5) == 2
+    assert lib.percentile([1, 2, 3, 4], 0.5) == 2.5
+    assert lib.percentile(list(range(101)), 0.95) == pytest.approx(95)
+    assert lib.percentile([7], 0.95) == 7
+    with pytest.raises(ValueError):
+        lib.percentile([], 0.5)
+    summary = lib.latency_summary([0.001] * 19 + [0.011])
+    assert summary["median_ms"] == pytest.approx(1.0)
+    assert summary["p95_ms"] == pytest.approx(1.5)
+
+
+def test_count_rules_iptables_and_nft():
+    assert lib.count_rules("*nat\n:KUBE-SERVICES - [0:0]\n-A KUBE-SERVICES -j X\n-A A -j B\nCOMMIT\n") == 2
+    assert lib.count_rules("add chain ip t c\nadd rule ip t c drop\nadd element ip t s { 1 }\n") == 1
+
+
+def test_predicted_seconds():
+    assert lib.predicted_seconds(None, 10) is None
+    assert lib.predicted_seconds((10, 0.5), 100) == pytest.approx(5.0)
+    assert lib.predicted_seconds((1000, 2.0), 2000) == pytest.approx(8.0)
+
+
+def test_csv_round_trip_and_markdown():
+    rows = [dict(kernel="native 6.1", mode="iptables", services=10, cold_s=0.123456789, note=None)]
+    text = lib.to_csv(rows, ("kernel", "mode", "services", "cold_s", "note"))
+    assert text == "kernel,mode,services,cold_s,note\nnative 6.1,iptables,10,0.123457,\n"
+    assert lib.from_csv(text) == [dict(kernel="native 6.1", mode="iptables", services="10", cold_s="0.123457", note="")]
+    table = lib.markdown_table(lib.from_csv(text), ("mode", "services", "cold_s", "note"), ("mode", "N", "cold s", "note"))
+    assert table == "| mode | N | cold s | note |\n|---|---|---|---|\n| iptables | 10 | 0.123 |  |\n"
+    assert lib.markdown_table([dict(x=1234.5678), dict(x=0.000123456)], ("x",)).splitlines()[2:] == ["| 1235 |", "| 0.000123 |"]
+
+
+def test_series_groups_measured_rows_by_kernel_and_mode():
+    rows = [dict(kernel="k", mode="ipvs", services="100", cold_s="2"), dict(kernel="k", mode="ipvs", services="10", cold_s="1"),
+            dict(kernel="k", mode="ipvs", services="1000", cold_s=""), dict(kernel="k", mode="iptables", services="10", cold_s="1")]
+    groups = lib.series(rows)
+    assert [row["services"] for row in groups[("k", "ipvs")]] == ["10", "100"]
+    assert list(groups) == [("k", "ipvs"), ("k", "iptables")]
+
+
+RENDERED = """*filter
+:KUBE-SERVICES - [0:0]
+COMMIT
+*nat
+:KUBE-SERVICES - [0:0]
+:KUBE-SVC-A - [0:0]
+:KUBE-SEP-B - [0:0]
+:KUBE-SEP-C - [0:0]
+-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A KUBE-SERVICES -m comment --comment "bench/svc-00000 cluster IP" -m tcp -p tcp -d 10.96.0.7 --dport 80 -j KUBE-SVC-A
+-A KUBE-SVC-A -m comment --comment "bench/svc-00000 cluster IP" -m tcp -p tcp -d 10.96.0.7 --dport 80 ! -s 10.0.0.0/24 -j KUBE-MARK-MASQ
+-A KUBE-SVC-A -m comment --comment "bench/svc-00000 -> 10.0.0.2:8080" -m statistic --mode random --probability 0.5000000000 -j KUBE-SEP-B
+-A KUBE-SVC-A -m comment --comment "bench/svc-00000 -> 10.0.0.3:8080" -j KUBE-SEP-C
+-A KUBE-SEP-B -m comment --comment bench/svc-00000 -s 10.0.0.2 -j KUBE-MARK-MASQ
+-A KUBE-SEP-B -m comment --comment bench/svc-00000 -m tcp -p tcp -j DNAT --to-destination 10.0.0.2:8080
+-A KUBE-SEP-C -m comment --comment bench/svc-00000 -s 10.0.0.3 -j KUBE-MARK-MASQ
+-A KUBE-SEP-C -m comment --comment bench/svc-00000 -m tcp -p tcp -j DNAT --to-destination 10.0.0.3:8080
+-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; NOTE: this must be the last rule in this chain" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS
+COMMIT
+"""
+
+
+def test_baseline_rules_keep_per_service_rules_targets_first():
+    rules = lib.baseline_rules(RENDERED)
+    assert [options["chain"] for options in rules] == ["KUBE-SEP-B"] * 2 + ["KUBE-SEP-C"] * 2 + ["KUBE-SVC-A"] * 3 + ["KUBE-SERVICES"]
+    assert rules[-1] == dict(table="nat", chain="KUBE-SERVICES", chain_management=True, comment="bench/svc-00000 cluster IP",
+                             match=["tcp"], protocol="tcp", destination="10.96.0.7", destination_port="80", jump="KUBE-SVC-A")
+    assert rules[4]["source"] == "!10.0.0.0/24"
+    assert rules[1]["to_destination"] == "10.0.0.2:8080"
+    assert lib.baseline_chains(rules) == ["KUBE-SEP-B", "KUBE-SEP-C", "KUBE-SVC-A"]
+
+
+def test_baseline_rule_drops_what_ansible_builtin_iptables_cannot_say():
+    options, dropped = lib.baseline_rule(
+        "KUBE-SVC-A", '-m comment --comment "x -> y" -m statistic --mode random --probability 0.5000000000 -j KUBE-SEP-B')
+    assert dropped == ["-m", "statistic", "--mode", "random", "--probability", "0.5000000000"]
+    assert options == dict(table="nat", chain="KUBE-SVC-A", chain_management=True, comment="x -> y", jump="KUBE-SEP-B")
+    with pytest.raises(ValueError):
+        lib.baseline_rule("X", "-m recent --set -j Y")
+
+
+def test_baseline_playbook_names_its_vars_file_and_both_loops():
+    text = lib.baseline_playbook("/tmp/x.json")
+    assert '    - "/tmp/x.json"\n' in text
+    assert 'loop: "{{ bench_chains }}"' in text and 'loop: "{{ bench_rules }}"' in text

@@ -1,0 +1,292 @@
+"""Pure helpers of tools/bench: the Services it declares, statistics, and the CSV, Markdown
+and baseline-playbook text it writes. No I/O on the kernel here, so tests/tools can check
+every function in milliseconds (tools/bench does the measuring).
+"""
+
+import csv
+import io
+import ipaddress
+import json
+import math
+import random
+
+SERVICE_CIDR = "10.96.0.0/12"
+# The lab's pods (roles/lab_pods): the bench's pods have the same addresses.
+POD_IPS = ("10.0.0.2", "10.0.0.3", "10.0.0.4")
+SERVICE_PORT = 80
+TARGET_PORT = 8080
+
+# One row of results.csv: one mode at one N on one kernel.
+RESULT_FIELDS = (
+    "kernel", "mode", "services", "rules",
+    "cold_s", "nochange_s", "onechange_s", "peak_rss_mb", "bare_apply_s",
+    "first_median_ms", "first_p95_ms", "last_median_ms", "last_p95_ms",
+    "connections", "failed_connections", "note",
+)
+# One row of baseline.csv: per-rule ansible.builtin.iptables against the module, same rules.
+BASELINE_FIELDS = ("kernel", "services", "rules", "ansible_iptables_s", "empty_playbook_s", "module_playbook_s",
+                   "module_cold_s", "speedup", "speedup_module")
+
+
+def cluster_ips(count, seed=0, cidr=SERVICE_CIDR):
+    """count distinct ClusterIPs drawn at random (fixed seed) from cidr, never its network
+    or broadcast address, so every run and every N declares the same first services."""
+    network = ipaddress.ip_network(cidr)
+    if count > network.num_addresses - 2:
+        raise ValueError("%d services do not fit in %s" % (count, cidr))
+    offsets = random.Random(seed).sample(range(1, network.num_addresses - 1), count)
+    return [str(network.network_address + offset) for offset in offsets]
+
+
+def services(count, seed=0, endpoints=POD_IPS):
+    """The module's `services` argument: count Services, each port 80 -> 8080 on the pods.
+
+    Names are zero-padded, so the declared order (which is the rule order in KUBE-SERVICES)
+    is also the sorted order.
+    """
+    width = max(5, len(str(count)))
+    return [
+        dict(namespace="bench", name="svc-%0*d" % (width, index), protocol="TCP", cluster_ip=ip,
+             port=SERVICE_PORT, target_port=TARGET_PORT, endpoints=list(endpoints))
+        for index, ip in enumerate(cluster_ips(count, seed))
+    ]
+
+
+def with_one_endpoint_changed(declared):
+    """The same Services with the middle one's last endpoint gone, as when one pod turns
+    unready: the smallest change an endpoints controller sends kube-proxy."""
+    changed = [dict(service, endpoints=list(service["endpoints"])) for service in declared]
+    middle = changed[len(changed) // 2]
+    middle["endpoints"] = middle["endpoints"][:-1]
+    return changed
+
+
+def percentile(values, fraction):
+    """Linear-interpolated percentile (fraction 0..1) of a non-empty sequence."""
+    if not values:
+        raise ValueError("no values")
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * fraction
+    low = math.floor(position)
+    high = math.ceil(position)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def latency_summary(seconds):
+    """Median and p95 of connection times in seconds, as milliseconds."""
+    return dict(median_ms=percentile(seconds, 0.5) * 1000.0, p95_ms=percentile(seconds, 0.95) * 1000.0)
+
+
+def count_rules(text):
+    """Rules in an iptables-restore text (its -A lines) or an nft script (its add rule lines)."""
+    return sum(1 for line in text.splitlines() if line.startswith(("-A ", "add rule ")))
+
+
+def predicted_seconds(previous, count):
+    """A cold sync's time at count Services, from (N, seconds) measured at a smaller N.
+
+    From N >= 1000 it assumes growth with N squared: the nf_tables paths measured here grow
+    faster than linearly there, and a linear guess would start runs that take hours. Below,
+    the fixed cost of a run dominates, and it assumes linear growth. None without a previous."""
+    if previous is None:
+        return None
+    size, seconds = previous
+    return seconds * (count / float(size)) ** (2 if size >= 1000 else 1)
+
+
+def to_csv(rows, fields):
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: _cell(row.get(key)) for key in fields})
+    return out.getvalue()
+
+
+def from_csv(text):
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def _cell(value):
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "%.6g" % value
+    return value
+
+
+def markdown_table(rows, fields, headers=None):
+    """A GitHub Markdown table; empty cells for missing values."""
+    headers = headers or fields
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in rows:
+        lines.append("| " + " | ".join(_md_cell(row.get(key)) for key in fields) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _md_cell(value):
+    if value is None or value == "":
+        return ""
+    if isinstance(value, float):
+        return _round(value)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return str(value) if "." not in str(value) else _round(number)
+
+
+def _round(number):
+    """Three significant digits, plain notation: 0.000123 -> 0.000123, 1234.5 -> 1235."""
+    if number == 0:
+        return "0"
+    digits = max(0, 2 - int(math.floor(math.log10(abs(number)))))
+    return "%.*f" % (digits, number)
+
+
+def baseline_rule(chain, rule_args):
+    """One kube-proxy nat rule (iptables-restore arguments after `-A CHAIN`) as the options
+    of ansible.builtin.iptables, which has one option per match it knows.
+
+    It has none for `-m statistic --probability` nor for MARK's `--or-mark`/`--xor-mark`:
+    those words are dropped (the rule is still added, one module run per rule, which is
+    what is being measured); dropped words are returned so the caller can say so.
+    """
+    words = _split(rule_args)
+    options = dict(table="nat", chain=chain, chain_management=True)
+    dropped = []
+    position = 0
+    negate = False
+    while position < len(words):
+        word = words[position]
+        value = words[position + 1] if position + 1 < len(words) else None
+        step = 2
+        if word == "!":
+            negate, step = True, 1
+        elif word == "-m" and value == "comment":
+            options["comment"] = words[position + 3]
+            step = 4
+        elif word == "-m" and value in ("tcp", "udp", "sctp"):
+            options.setdefault("match", []).append(value)
+        elif word == "-p":
+            options["protocol"] = value
+        elif word == "-d":
+            options["destination"] = ("!" if negate else "") + value
+            negate = False
+        elif word == "-s":
+            options["source"] = ("!" if negate else "") + value
+            negate = False
+        elif word == "--dport":
+            options["destination_port"] = value
+        elif word == "-j":
+            options["jump"] = value
+        elif word == "--to-destination":
+            options["to_destination"] = value
+        elif word == "-m" and value == "statistic":
+            dropped.extend(words[position:position + 6])
+            step = 6
+        elif word in ("--or-mark", "--xor-mark", "--random-fully"):
+            dropped.extend(words[position:position + (1 if word == "--random-fully" else 2)])
+            step = 1 if word == "--random-fully" else 2
+        else:
+            raise ValueError("no ansible.builtin.iptables option for %r in %r" % (word, rule_args))
+        position += step
+    return options, dropped
+
+
+def _split(text):
+    """Split restore arguments, keeping a double-quoted comment as one word."""
+    words, current, quoted = [], [], False
+    for char in text:
+        if char == '"':
+            quoted = not quoted
+        elif char == " " and not quoted:
+            if current:
+                words.append("".join(current))
+                current = []
+        else:
+            current.append(char)
+    if current:
+        words.append("".join(current))
+    return words
+
+
+def baseline_rules(restore_text):
+    """Per-service nat rules of a rendered iptables restore text (KUBE-SERVICES dispatch,
+    KUBE-SVC-*, KUBE-SEP-*), in order, as ansible.builtin.iptables options. The fixed
+    chains (masquerade, nodeports, jumps from built-ins) are the same few rules at any N and
+    are left out of the baseline on purpose: they do not grow with N (tools/bench creates
+    them first, untimed).
+
+    Ordered so every rule's target chain exists before the rule: endpoint chains, then
+    service chains, then the dispatch rules (iptables refuses a jump to a missing chain)."""
+    rules, in_nat = [], False
+    for line in restore_text.splitlines():
+        if line.startswith("*"):
+            in_nat = line == "*nat"
+        if not in_nat or not line.startswith("-A "):
+            continue
+        _a, chain, rest = line.split(" ", 2)
+        if chain.startswith(("KUBE-SVC-", "KUBE-SEP-")) or (chain == "KUBE-SERVICES" and "KUBE-SVC-" in rest):
+            options, _dropped = baseline_rule(chain, rest)
+            rules.append(options)
+    order = {"KUBE-SEP": 0, "KUBE-SVC": 1}
+    return sorted(rules, key=lambda options: order.get(options["chain"][:8], 2))
+
+
+def baseline_chains(rules):
+    """The chains the per-service rules live in, each once, in the rules' order (the dispatch
+    chain KUBE-SERVICES is made beforehand with the fixed chains)."""
+    chains = []
+    for options in rules:
+        if options["chain"] != "KUBE-SERVICES" and options["chain"] not in chains:
+            chains.append(options["chain"])
+    return chains
+
+
+def baseline_playbook(rules_file):
+    """A playbook creating each chain, then adding each rule, with ansible.builtin.iptables,
+    one loop item (one module run) per chain and per rule, as a role written rule by rule
+    would (ansible.builtin.iptables creates a chain only in a task without rule options). It runs on localhost; tools/bench starts it inside the
+    bench node's namespace (ip netns exec), so every iptables call it makes lands there."""
+    return (
+        "---\n"
+        "- name: Baseline, one ansible.builtin.iptables task run per rule\n"
+        "  hosts: localhost\n"
+        "  connection: local\n"
+        "  gather_facts: false\n"
+        "  vars_files:\n"
+        "    - %s\n"
+        "  tasks:\n"
+        "    - name: Create the chain\n"
+        "      ansible.builtin.iptables:\n"
+        "        table: nat\n"
+        "        chain: \"{{ item }}\"\n"
+        "        chain_management: true\n"
+        "      loop: \"{{ bench_chains }}\"\n"
+        "    - name: Add the rule\n"
+        "      ansible.builtin.iptables:\n"
+        "        table: \"{{ item.table }}\"\n"
+        "        chain: \"{{ item.chain }}\"\n"
+        "        chain_management: true\n"
+        "        protocol: \"{{ item.protocol | default(omit) }}\"\n"
+        "        match: \"{{ item.match | default(omit) }}\"\n"
+        "        source: \"{{ item.source | default(omit) }}\"\n"
+        "        destination: \"{{ item.destination | default(omit) }}\"\n"
+        "        destination_port: \"{{ item.destination_port | default(omit) }}\"\n"
+        "        comment: \"{{ item.comment | default(omit) }}\"\n"
+        "        jump: \"{{ item.jump | default(omit) }}\"\n"
+        "        to_destination: \"{{ item.to_destination | default(omit) }}\"\n"
+        "      loop: \"{{ bench_rules }}\"\n"
+        "      loop_control:\n"
+        "        label: \"{{ item.chain }}\"\n"
+    ) % json.dumps(rules_file)
+
+
+def series(rows):
+    """Measured rows (not the skipped) grouped by (kernel, mode), sorted by N: one line of a plot."""
+    groups = {}
+    for row in rows:
+        if row.get("cold_s") not in (None, ""):
+            groups.setdefault((row["kernel"], row["mode"]), []).append(row)
+    return {key: sorted(group, key=lambda row: int(row["services"])) for key, group in groups.items()}

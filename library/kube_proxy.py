@@ -314,7 +314,8 @@ def check_nftables(node):
 
 
 def read_live(module, node, config, present):
-    live = sync.Live(iptables_save=node.run("iptables-save"))
+    # The namespace shares the host's kernel, so this process's kernel is the node's.
+    live = sync.Live(iptables_save=node.run("iptables-save"), kernel_release=os.uname().release)
     if module.get_bin_path("ipset"):
         live.ipset_save = node.run("ipset", "save")
     if os.path.exists(IP_VS_LOADED):

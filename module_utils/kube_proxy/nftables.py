@@ -74,6 +74,11 @@ SERVICE_NODEPORTS = "service-nodeports"
 # nft gives a set that rules update this size when none was asked for.
 DYNAMIC_SET_DEFAULT_SIZE = 65535
 
+# Kernels before 6.2 refuse to delete a chain in the transaction that also removes the rules
+# and map elements jumping to it ("Device or resource busy": kubernetes issues 122604 and
+# 128829); kube-proxy flushes such a chain and deletes it a sync later.
+FIRST_KERNEL_DELETING_UNREFERENCED_CHAINS = (6, 2)
+
 
 # --------------------------------------------------------------------------- naming
 
@@ -335,7 +340,14 @@ def _element_key(named: NamedSet, element: str) -> str:
     return element.split(" : ", 1)[0] if named.map else element
 
 
-def update_script(desired: NftState, live: NftState) -> Optional[str]:
+def kernel_version(release: str) -> Tuple[int, int]:
+    """(major, minor) of a kernel release as ``os.uname().release`` gives it (``6.1.0-18-amd64``);
+    (0, 0) when it starts otherwise, so an unreadable release counts as an old kernel."""
+    match = re.match(r"(\d+)\.(\d+)", release)
+    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+
+
+def update_script(desired: NftState, live: NftState, kernel: Tuple[int, int]) -> Optional[str]:
     """One ``nft -f`` transaction that edits the live table into ``desired`` in place, as
     kube-proxy does on a partial sync; None when only replacing the whole table will do.
 
@@ -364,6 +376,9 @@ def update_script(desired: NftState, live: NftState) -> Optional[str]:
     changed = [name for name, chain in desired.chains.items()
                if name in live.chains and live.chains[name].rules != chain.rules]
     stale = [name for name in live.chains if name not in desired.chains]
+    if stale and kernel < FIRST_KERNEL_DELETING_UNREFERENCED_CHAINS:
+        # Deleting the table takes every reference with it, which these kernels accept.
+        return None
     lines: List[str] = []
     for name in new:
         comment = desired.chains[name].comment

@@ -24,6 +24,7 @@ class Live:
     ipvs_device: Optional[str] = None       # None: no kube-ipvs0; else `ip -o -4 addr show dev kube-ipvs0`
     sysctls: Dict[str, str] = field(default_factory=dict)
     nft_table: Optional[str] = None         # None: no table ip kube-proxy; else `nft -j list table ip kube-proxy`
+    kernel_release: str = ""                # os.uname().release; "" counts as an old kernel
 
 
 Text = Union[str, Callable[[], str]]
@@ -138,8 +139,9 @@ def plan(config: ProxyConfig, present: bool, live: Live) -> SyncPlan:
             nft_input = nftables.delete_script()
         else:
             # In place when the table is there (kube-proxy's partial sync); whole otherwise.
-            nft_input = ((nftables.update_script(wanted_table, live_table) if live_table is not None else None)
-                         or nftables.script(wanted_table, live_table is not None))
+            kernel = nftables.kernel_version(live.kernel_release)
+            in_place = nftables.update_script(wanted_table, live_table, kernel) if live_table is not None else None
+            nft_input = in_place or nftables.script(wanted_table, live_table is not None)
         steps.append(Step(
             "nftables",
             before=lambda: nftables.listing(live_table) if live_table else "",

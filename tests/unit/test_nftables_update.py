@@ -4,11 +4,15 @@ Services slower than a cold sync). Checked against the kernel by tools/bench."""
 
 import copy
 
+import pytest
+
 from kube_proxy import nftables
 from lab_services import APP1, NO_ENDPOINTS, config
 
 SERVICE_CIDR = "10.96.0.0/12"
 APP2 = dict(APP1, name="app2", cluster_ip="10.96.0.20")
+NEW_KERNEL = nftables.kernel_version("6.18.44-fc-v782")
+OLD_KERNEL = nftables.kernel_version("6.1.0-18-amd64")
 
 
 def state(*services):
@@ -16,12 +20,12 @@ def state(*services):
 
 
 def test_nothing_to_do_is_none():
-    assert nftables.update_script(state(APP1), state(APP1)) is None
+    assert nftables.update_script(state(APP1), state(APP1), NEW_KERNEL) is None
 
 
 def test_one_endpoint_gone_rewrites_one_service_chain_and_deletes_one_endpoint_chain():
     fewer = dict(APP1, endpoints=APP1["endpoints"][:-1])
-    lines = nftables.update_script(state(fewer), state(APP1)).splitlines()
+    lines = nftables.update_script(state(fewer), state(APP1), NEW_KERNEL).splitlines()
     flushed = [line.split()[-1] for line in lines if line.startswith("flush chain")]
     deleted = [line.split()[-1] for line in lines if line.startswith("delete chain")]
     assert len(deleted) == 1 and deleted[0].startswith("endpoint-") and deleted[0].endswith("/8080")
@@ -33,19 +37,20 @@ def test_one_endpoint_gone_rewrites_one_service_chain_and_deletes_one_endpoint_c
 
 
 def test_a_service_added_and_removed_edits_the_maps_in_place():
-    lines = nftables.update_script(state(APP1, APP2), state(APP1)).splitlines()
+    lines = nftables.update_script(state(APP1, APP2), state(APP1), NEW_KERNEL).splitlines()
     assert any(line.startswith("add element ip kube-proxy service-ips { 10.96.0.20 . tcp . 80 : goto service-")
                for line in lines)
     assert lines.index(next(line for line in lines if line.startswith("add chain"))) < lines.index(
         next(line for line in lines if line.startswith("add element ip kube-proxy service-ips")))
-    back = nftables.update_script(state(APP1), state(APP1, APP2)).splitlines()
+    back = nftables.update_script(state(APP1), state(APP1, APP2), NEW_KERNEL).splitlines()
     assert "delete element ip kube-proxy service-ips { 10.96.0.20 . tcp . 80 }" in back
     first_delete_chain = min(i for i, line in enumerate(back) if line.startswith("delete chain"))
     assert all(i < first_delete_chain for i, line in enumerate(back) if line.startswith("delete element"))
 
 
 def test_a_service_losing_every_endpoint():
-    lines = nftables.update_script(state(APP1, NO_ENDPOINTS), state(APP1, dict(NO_ENDPOINTS, endpoints=["10.0.0.2"])))
+    lines = nftables.update_script(
+        state(APP1, NO_ENDPOINTS), state(APP1, dict(NO_ENDPOINTS, endpoints=["10.0.0.2"])), NEW_KERNEL)
     assert lines is not None and "add element ip kube-proxy no-endpoint-services" in lines
 
 
@@ -53,11 +58,33 @@ def test_what_cannot_be_edited_in_place_is_replaced_whole():
     live = state(APP1)
     unknown = copy.deepcopy(live)
     unknown.other.append("something nft printed that the model does not hold")
-    assert nftables.update_script(state(APP1), unknown) is None
+    assert nftables.update_script(state(APP1), unknown, NEW_KERNEL) is None
     other_set = copy.deepcopy(live)
     name = sorted(other_set.sets)[0]
     other_set.sets[name].type = "ipv4_addr . inet_service"
-    assert nftables.update_script(state(APP1), other_set) is None
+    assert nftables.update_script(state(APP1), other_set, NEW_KERNEL) is None
     missing_set = copy.deepcopy(live)
     del missing_set.sets[name]
-    assert nftables.update_script(state(APP1), missing_set) is None
+    assert nftables.update_script(state(APP1), missing_set, NEW_KERNEL) is None
+
+
+@pytest.mark.parametrize("release, version", [
+    ("6.18.44-fc-v782", (6, 18)), ("6.1.0-18-amd64", (6, 1)), ("6.2", (6, 2)), ("5.15.0-91-generic", (5, 15)),
+    ("", (0, 0)), ("unknown", (0, 0)),
+])
+def test_kernel_version_reads_the_release(release, version):
+    assert nftables.kernel_version(release) == version
+
+
+def test_before_6_2_a_chain_to_delete_means_replacing_the_table():
+    # Those kernels refuse to delete a chain in the transaction that removes what jumped to it.
+    fewer = dict(APP1, endpoints=APP1["endpoints"][:-1])
+    assert nftables.update_script(state(fewer), state(APP1), OLD_KERNEL) is None
+    assert nftables.update_script(state(fewer), state(APP1), (6, 2)) is not None
+
+
+def test_before_6_2_what_deletes_no_chain_is_still_edited_in_place():
+    more = dict(APP1, endpoints=APP1["endpoints"] + ["10.0.0.5"])
+    on_old = nftables.update_script(state(more), state(APP1), OLD_KERNEL)
+    assert on_old is not None and "delete chain" not in on_old
+    assert on_old == nftables.update_script(state(more), state(APP1), NEW_KERNEL)

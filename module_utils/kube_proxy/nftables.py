@@ -34,9 +34,10 @@ so an unexpected table is always rewritten rather than reported unchanged.
 import base64
 import hashlib
 import ipaddress
+import itertools
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, FrozenSet, List, Optional, Set, Tuple
 
 from .model import ProxyConfig, Service
@@ -70,6 +71,9 @@ NO_ENDPOINT_NODEPORTS = "no-endpoint-nodeports"
 NO_ENDPOINT_SERVICES = "no-endpoint-services"
 SERVICE_IPS = "service-ips"
 SERVICE_NODEPORTS = "service-nodeports"
+
+# How parse_json writes what it cannot read; no rendered rule or element contains it.
+UNKNOWN = "<unknown"
 
 # nft gives a set that rules update this size when none was asked for.
 DYNAMIC_SET_DEFAULT_SIZE = 65535
@@ -340,6 +344,20 @@ def _element_key(named: NamedSet, element: str) -> str:
     return element.split(" : ", 1)[0] if named.map else element
 
 
+def _understood(state: NftState) -> bool:
+    """False when parse_json met anything it could not read: such a text can be neither
+    compared nor written back (nft cannot parse a ``delete element`` of it)."""
+    rules = (rule for chain in state.chains.values() for rule in chain.rules)
+    elements = (element for named in state.sets.values() for element in named.elements)
+    return not state.other and not any(UNKNOWN in text for text in itertools.chain(rules, elements))
+
+
+def _declarations(state: NftState) -> Tuple[Dict[str, NamedSet], Dict[str, Hook]]:
+    """What an in-place edit leaves as it is: every set and map but its elements, and the base chains."""
+    sets = {name: replace(named, elements=set()) for name, named in state.sets.items()}
+    return sets, {name: chain.hook for name, chain in state.chains.items() if chain.hook is not None}
+
+
 def kernel_version(release: str) -> Tuple[int, int]:
     """(major, minor) of a kernel release as ``os.uname().release`` gives it (``6.1.0-18-amd64``);
     (0, 0) when it starts otherwise, so an unreadable release counts as an old kernel."""
@@ -358,18 +376,7 @@ def update_script(desired: NftState, live: NftState, kernel: Tuple[int, int]) ->
     Replaced whole instead: anything unknown in the live table, or any set, map or base
     chain whose declaration differs (those cannot be edited in place safely).
     """
-    if live.other or set(desired.sets) != set(live.sets):
-        return None
-    for name, named in desired.sets.items():
-        have = live.sets[name]
-        if (named.type, named.map, named.flags, named.timeout) != (have.type, have.map, have.flags, have.timeout):
-            return None
-    for name, chain in desired.chains.items():
-        have_chain = live.chains.get(name)
-        if chain.hook is not None or (have_chain is not None and have_chain.hook is not None):
-            if have_chain is None or have_chain.hook != chain.hook:
-                return None
-    if any(chain.hook is not None and name not in desired.chains for name, chain in live.chains.items()):
+    if not _understood(live) or _declarations(desired) != _declarations(live):
         return None
 
     new = [name for name in desired.chains if name not in live.chains]
@@ -408,7 +415,7 @@ def delete_script() -> str:
 # --------------------------------------------------------------------------- reading nft -j
 
 def _unknown(value: Any) -> str:
-    return "<unknown %s>" % json.dumps(value, sort_keys=True)
+    return "%s %s>" % (UNKNOWN, json.dumps(value, sort_keys=True))
 
 
 def _has_only(value: Any, *keys: str) -> bool:

@@ -3,9 +3,11 @@ sync does, instead of replacing the whole table (which made a one-endpoint chang
 Services slower than a cold sync). Checked against the kernel by tools/bench."""
 
 import copy
+import json
 
 import pytest
 
+from conftest import FIXTURES
 from kube_proxy import nftables
 from lab_services import APP1, NO_ENDPOINTS, config
 
@@ -52,6 +54,38 @@ def test_a_service_losing_every_endpoint():
     lines = nftables.update_script(
         state(APP1, NO_ENDPOINTS), state(APP1, dict(NO_ENDPOINTS, endpoints=["10.0.0.2"])), NEW_KERNEL)
     assert lines is not None and "add element ip kube-proxy no-endpoint-services" in lines
+
+
+def _live_app1(*changes):
+    """The table nft printed for APP1 (tests/unit/fixtures), after ``changes`` to its JSON."""
+    document = json.loads((FIXTURES / "nft-app1.json").read_text())
+    for change in changes:
+        change(document["nftables"])
+    return nftables.parse_json(json.dumps(document))
+
+
+def _named(objects, kind, name):
+    (found,) = [item[kind] for item in objects if kind in item and item[kind].get("name") == name]
+    return found
+
+
+def _counted_element(objects):
+    # An element with a counter, which parse_json cannot read: it prints as <unknown …>.
+    _named(objects, "set", "cluster-ips")["elem"].append(
+        {"elem": {"val": "10.96.0.99", "counter": {"packets": 0, "bytes": 0}}})
+
+
+def _drifted_comment(objects):
+    _named(objects, "set", "cluster-ips")["comment"] = "edited by hand"
+
+
+@pytest.mark.parametrize("change", [_counted_element, _drifted_comment])
+def test_a_table_not_wholly_understood_or_declared_otherwise_is_replaced_whole(change):
+    fewer = state(dict(APP1, endpoints=APP1["endpoints"][:-1]))
+    assert nftables.update_script(fewer, _live_app1(), NEW_KERNEL) is not None
+    assert nftables.update_script(fewer, _live_app1(change), NEW_KERNEL) is None
+    # Also when nothing else differs, and sync.plan replaces the table because they differ.
+    assert nftables.update_script(state(APP1), _live_app1(change), NEW_KERNEL) is None
 
 
 def test_what_cannot_be_edited_in_place_is_replaced_whole():

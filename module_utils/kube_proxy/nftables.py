@@ -340,8 +340,10 @@ def script(desired: NftState, live_exists: bool) -> str:
 
 
 def _element_key(named: NamedSet, element: str) -> str:
-    """A map element is deleted by its key alone."""
-    return element.split(" : ", 1)[0] if named.map else element
+    """An element is deleted by its key alone, without its map value or comment, the way
+    kube-proxy's knftables writes a delete."""
+    key = element.split(" : ", 1)[0] if named.map else element
+    return key.split(' comment "', 1)[0]
 
 
 def _understood(state: NftState) -> bool:

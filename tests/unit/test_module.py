@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -221,6 +222,19 @@ def test_nftables_mode_with_the_table_in_place_changes_nothing(monkeypatch, netn
     node = FakeNode(**{"nft -j": (0, (FIXTURES / "nft-app1.json").read_text(), "")})
     outcome = run(monkeypatch, app1_args(mode="nftables", service_cidr="10.96.0.0/12"), node)
     assert outcome.result["changed"] is False, node.changes()
+
+
+@pytest.mark.parametrize("release, in_place", [("6.18.44-fc-v782", True), ("6.1.0-18-amd64", False)])
+def test_nftables_mode_edits_the_table_in_place_where_the_kernel_allows(monkeypatch, netns_exists, release, in_place):
+    # Before 6.2 the kernel refuses to delete the lost endpoint's chain in the same transaction.
+    monkeypatch.setattr(kube_proxy_module.os, "uname", lambda: SimpleNamespace(release=release))
+    node = FakeNode(**{"nft -j": (0, (FIXTURES / "nft-app1.json").read_text(), "")})
+    fewer = dict(APP1, endpoints=APP1["endpoints"][:-1])
+    outcome = run(monkeypatch, app1_args(mode="nftables", service_cidr="10.96.0.0/12", services=[fewer]), node)
+    assert outcome.result["changed"] is True
+    (nft_input,) = [data for argv, data in node.calls if argv[4:] == ["nft", "-f", "-"]]
+    assert ("delete table" not in nft_input) is in_place
+    assert ("delete chain ip kube-proxy endpoint-" in nft_input) is in_place
 
 
 def test_leaving_nftables_deletes_the_table(monkeypatch, netns_exists):

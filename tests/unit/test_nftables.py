@@ -14,19 +14,12 @@ import pytest
 
 from conftest import FIXTURES, GOLDEN
 from kube_proxy import nftables
-from lab_services import APP1, NO_ENDPOINTS, SVC1_AFFINITY, config
+from lab_services import APP1, DNS, MIXED, NO_ENDPOINTS, STICKY, SVC1_AFFINITY, WIDE, config
 
 SERVICE_CIDR = "10.96.0.0/12"
-# A named port with ClientIP affinity (the upstream ns1/svc1), a UDP service, a service without
-# endpoints, and one with more than ten endpoints (vmap keys 10 and 11 sort after 9).
-STICKY = dict(SVC1_AFFINITY, endpoints=["10.180.0.1", "10.180.0.2"])
-DNS = dict(namespace="kube-system", name="kube-dns", port_name="dns", protocol="UDP",
-           cluster_ip="10.96.0.53", port=53, endpoints=["10.0.0.3", "10.0.0.4"])
-WIDE = dict(name="wide", cluster_ip="10.96.0.12", port=80, target_port=8080,
-            endpoints=["10.0.1.%d" % host for host in range(1, 13)])
 
 APP1_CONFIG = config(APP1, mode="nftables")
-MIXED_CONFIG = config(APP1, STICKY, DNS, NO_ENDPOINTS, WIDE, mode="nftables")
+MIXED_CONFIG = config(*MIXED, mode="nftables")
 
 APP1_CHAIN = "service-GX25I5IS-default/app1/tcp/"
 STICKY_CHAIN = "service-ULMVA6XW-ns1/svc1/tcp/p80"

@@ -22,7 +22,13 @@ description:
     masquerade mode), every ClusterIP on the dummy device C(kube-ipvs0), the ipsets
     C(KUBE-CLUSTER-IP) and C(KUBE-LOOP-BACK), the iptables rules that use them, and the
     C(net.ipv4.vs.*) sysctls.
-  - In V(nftables) mode it is the table C(ip kube-proxy), replaced in one C(nft -f) transaction.
+  - In V(nftables) mode it is the table C(ip kube-proxy), changed in one C(nft -f) transaction.
+    An existing table is edited in place, as kube-proxy's partial sync does, when only map and
+    set elements, rules and chains differ (on a kernel older than 6.2, only when no chain has
+    to be deleted, which those kernels refuse alongside the rules that jump to it). Otherwise
+    it is replaced whole, for example when a ClientIP Service's affinity sets are added or
+    removed, when a set or map is declared otherwise, or when the table holds anything the
+    module does not understand.
   - The module owns, in the namespace, every C(KUBE-*) chain and the jumps into them, the
     C(KUBE-*) ipsets, the IPVS virtual servers, C(kube-ipvs0) and the table C(ip kube-proxy);
     it never touches anything else. Entering a mode removes what the other modes left.

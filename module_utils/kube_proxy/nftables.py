@@ -1,4 +1,4 @@
-"""nftables mode: kube-proxy's ``ip kube-proxy`` table, rendered, read back and replaced.
+"""nftables mode: kube-proxy's ``ip kube-proxy`` table, rendered, read back, edited or replaced.
 
 The renderer writes the layout of kube-proxy's nftables proxier (pkg/proxy/nftables, the
 generation whose TestOverallNFTablesRules has the ``*-pre-dnat`` base chains) for ClusterIP
@@ -7,11 +7,19 @@ the lab declares no NodePorts, LoadBalancers or NodePort addresses, so they stay
 match nothing, but the table reads like a real node's. ``service_cidr`` is optional: without
 it the "Drop traffic to unallocated ClusterIPs" rule is left out.
 
-The module owns the whole table, so it never edits it piecemeal: ``script`` replaces it in one
-``nft -f`` transaction. Deciding *whether* to replace it is the hard part. ``nft -j`` prints
-rules back in its own form, so ``parse_json`` turns the JSON into canonical rule texts and
-``render`` writes its rules in that same canonical text (which nft also accepts as input).
-What nft 1.0.6 does to what it is given, and how the two sides still meet:
+The module owns the whole table and changes it in one ``nft -f`` transaction. ``script``
+writes it whole: a new table, or the live one deleted and written anew. ``update_script``
+edits the live one in place, as kube-proxy's partial sync does, when only elements, rules
+and chains differ: replacing makes the kernel delete and re-add every chain, so at
+thousands of Services a one-endpoint change cost more than a cold sync. The table is still
+replaced whole where an edit cannot be trusted: a set, map or base chain declared otherwise
+(a ClientIP Service's affinity sets added or removed, a drifted comment or type), anything
+``parse_json`` did not understand, or a chain to delete on a kernel before 6.2.
+
+Deciding *whether* anything differs is the hard part. ``nft -j`` prints rules back in its
+own form, so ``parse_json`` turns the JSON into canonical rule texts and ``render`` writes
+its rules in that same canonical text (which nft also accepts as input). What nft 1.0.6
+does to what it is given, and how the two sides still meet:
 
 - ``mark set mark or 0x00004000`` comes back as a mangle of ``meta mark | 16384``; mark
   operands are printed as kube-proxy writes them, ``%#010x``.
@@ -24,11 +32,12 @@ What nft 1.0.6 does to what it is given, and how the two sides still meet:
   a rule updates is dynamic whatever was written (nft sets the flag itself), so the flag is
   restored from the rules and that default size ignored.
 - The elements of the affinity sets are client addresses learnt from traffic: not compared.
-  Replacing the table forgets them, so after a sync that changes anything a ClientIP client
-  may land on another endpoint once (kube-proxy edits in place and keeps them).
+  An edit in place keeps them, as kube-proxy does; replacing the table forgets them, so
+  after a sync that replaces it a ClientIP client may land on another endpoint once.
 
-Whatever the printer does not know prints as ``<unknown …>``, which no rendered rule contains,
-so an unexpected table is always rewritten rather than reported unchanged.
+Whatever the printer does not know prints as ``<unknown …>``, which no rendered rule or
+element contains, so an unexpected table is always replaced whole rather than reported
+unchanged or edited.
 """
 
 import base64
@@ -369,14 +378,16 @@ def kernel_version(release: str) -> Tuple[int, int]:
 
 def update_script(desired: NftState, live: NftState, kernel: Tuple[int, int]) -> Optional[str]:
     """One ``nft -f`` transaction that edits the live table into ``desired`` in place, as
-    kube-proxy does on a partial sync; None when only replacing the whole table will do.
+    kube-proxy does on a partial sync; None when only replacing the whole table will do (or,
+    when the two are equal, when nothing is to be done).
 
     Replacing the table makes the kernel delete and re-add every chain: at 2,000 Services a
     one-endpoint change took longer than a cold sync. In place, only what differs is
     written: new chains, changed chains flushed and refilled, elements added and deleted,
     stale chains deleted last (after the rules and elements naming them are gone).
-    Replaced whole instead: anything unknown in the live table, or any set, map or base
-    chain whose declaration differs (those cannot be edited in place safely).
+    Replaced whole instead: anything parse_json did not understand in the live table; any
+    set or map (but for its elements) or base chain declared otherwise, which an edit would
+    leave as it is; and, on ``kernel`` (major, minor) before 6.2, any chain to delete.
     """
     if not _understood(live) or _declarations(desired) != _declarations(live):
         return None

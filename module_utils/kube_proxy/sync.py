@@ -138,7 +138,8 @@ def plan(config: ProxyConfig, present: bool, live: Live) -> SyncPlan:
         if not wanted_table:
             nft_input = nftables.delete_script()
         else:
-            # In place when the table is there (kube-proxy's partial sync); whole otherwise.
+            # In place when the table is there and update_script can trust an edit (kube-proxy's
+            # partial sync); whole otherwise.
             kernel = nftables.kernel_version(live.kernel_release)
             in_place = nftables.update_script(wanted_table, live_table, kernel) if live_table is not None else None
             nft_input = in_place or nftables.script(wanted_table, live_table is not None)

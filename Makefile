@@ -13,7 +13,8 @@ MODE ?= iptables
 # the user-mode-linux node when this kernel cannot load ip_vs, alongside the others
 # (tools/run-scenarios); none is ever skipped.
 SCENARIOS ?= default nftables ipvs ipvs-classroom
-# Seconds one user-mode-linux run may take before it is killed (tools/uml-run).
+# Seconds one user-mode-linux run may take before it is killed (tools/uml-run); the QUICK
+# bench gives its node 600 s whatever this says (tools/bench).
 UML_RUN_TIMEOUT ?= 4200
 export UML_RUN_TIMEOUT
 PYTHON ?= python3

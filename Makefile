@@ -88,7 +88,8 @@ test: lint unit bench-quick molecule
 
 # Sync time, memory and connection latency per mode and N, in bench-* namespaces; results in
 # bench-results/ (bench-results/quick/ with QUICK=1). IPVS runs in the user-mode-linux node
-# when this kernel has none. A benchmark, not a test: it asserts no timing.
+# when this kernel has none. A benchmark, not a test: it asserts no timing, but fails when the
+# connections to a Service fail (a broken data plane).
 bench: bootstrap
 	tools/bench $(if $(filter-out 0,$(QUICK)),--quick)
 

@@ -77,6 +77,31 @@ def latency_summary(seconds):
     return dict(median_ms=percentile(seconds, 0.5) * 1000.0, p95_ms=percentile(seconds, 0.95) * 1000.0)
 
 
+# A working data plane answers every probe; on a loaded machine one may time out now and then.
+# More failures than this fraction of a target's connections mean the rules do not work.
+MAX_FAILED_FRACTION = 0.05
+
+
+def data_plane_failure(mode, count, probes, max_failed_fraction=MAX_FAILED_FRACTION):
+    """Why the data plane measured for mode at count Services is broken, or None if it works.
+
+    probes is tools/bench_probe.py's answer: {"IP:PORT": {"seconds": [...], "failed": N}}. It is
+    broken when every connection to a target failed, or more than max_failed_fraction of them:
+    a correctness check on the rules just programmed, whatever the latencies."""
+    problems = []
+    for target, probe in probes.items():
+        failed = probe["failed"]
+        tried = failed + len(probe["seconds"])
+        if tried and failed == tried:
+            problems.append("all %d connections to %s failed" % (tried, target))
+        elif failed > max_failed_fraction * tried:
+            problems.append("%d of %d connections to %s failed (more than %g %%)"
+                            % (failed, tried, target, max_failed_fraction * 100))
+    if not problems:
+        return None
+    return "%s mode, N=%d: %s" % (mode, count, "; ".join(problems))
+
+
 def count_rules(text):
     """Rules in an iptables-restore text (its -A lines) or an nft script (its add rule lines)."""
     return sum(1 for line in text.splitlines() if line.startswith(("-A ", "add rule ")))

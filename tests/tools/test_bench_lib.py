@@ -58,6 +58,26 @@ def test_percentile_and_latency_summary():
     assert summary["p95_ms"] == pytest.approx(1.5)
 
 
+def probe(answered, failed):
+    return {"seconds": [0.001] * answered, "failed": failed}
+
+
+def test_data_plane_failure_none_when_every_connection_or_nearly_every_one_answered():
+    assert lib.data_plane_failure("iptables", 10, {"10.96.0.7:80": probe(30, 0), "10.96.0.9:80": probe(30, 0)}) is None
+    assert lib.data_plane_failure("iptables", 10, {"10.96.0.7:80": probe(199, 1)}) is None
+    assert lib.data_plane_failure("ipvs", 10, {"10.96.0.7:80": probe(190, 10)}) is None
+
+
+def test_data_plane_failure_names_mode_n_and_every_target_that_failed():
+    message = lib.data_plane_failure("nftables", 100, {"10.96.0.7:80": probe(30, 0), "10.96.0.9:80": probe(0, 30)})
+    assert message == "nftables mode, N=100: all 30 connections to 10.96.0.9:80 failed"
+    message = lib.data_plane_failure("ipvs", 10, {"10.96.0.7:80": probe(28, 2), "10.96.0.9:80": probe(0, 30)})
+    assert message == ("ipvs mode, N=10: 2 of 30 connections to 10.96.0.7:80 failed (more than 5 %); "
+                       "all 30 connections to 10.96.0.9:80 failed")
+    assert lib.data_plane_failure("iptables", 10, {"a:80": probe(189, 11)}, max_failed_fraction=0.1) is None
+    assert "12 of 200" in lib.data_plane_failure("iptables", 10, {"a:80": probe(188, 12)})
+
+
 def test_count_rules_iptables_and_nft():
     assert lib.count_rules("*nat\n:KUBE-SERVICES - [0:0]\n-A KUBE-SERVICES -j X\n-A A -j B\nCOMMIT\n") == 2
     assert lib.count_rules("add chain ip t c\nadd rule ip t c drop\nadd element ip t s { 1 }\n") == 1

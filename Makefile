@@ -86,7 +86,7 @@ exercise: bootstrap
 
 test: lint unit bench-quick molecule
 
-# Sync time, memory and connection latency per mode and N, in bench-* namespaces; results in
+# Sync time, memory and connection latency per mode and N, in kpl-bench-* namespaces; results in
 # bench-results/ (bench-results/quick/ with QUICK=1). IPVS runs in the user-mode-linux node
 # when this kernel has none. A benchmark, not a test: it asserts no timing, but fails when the
 # connections to a Service fail (a broken data plane).

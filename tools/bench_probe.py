@@ -1,6 +1,6 @@
 """New-connection latency probe; tools/bench runs it inside the bench client's namespace.
 
-    ip netns exec bench-client python3 tools/bench_probe.py --count 200 IP[:PORT]...
+    ip netns exec kpl-bench-client python3 tools/bench_probe.py --count 200 IP[:PORT]...
 
 For each connection: TCP connect, send one HTTP GET, wait for the first byte of the answer;
 the time from before connect() to that byte is one sample. Every connection is new (a new

@@ -53,7 +53,7 @@ def markdown(rows, baseline, quick):
              "Machine: %s.\n\n" % machine(),
              "Sync times are wall-clock seconds of one module run (tools/bench_module.py runs "
              "library/kube_proxy.py as Ansible runs a module locally); latency is TCP connect + first "
-             "response byte from bench-client to the first and the last Service in rule order.\n\n"]
+             "response byte from kpl-bench-client to the first and the last Service in rule order.\n\n"]
     if rows:
         parts.append("## Module sync and data-plane latency\n\n")
         parts.append(lib.markdown_table(rows, lib.RESULT_FIELDS, SYNC_HEADERS))

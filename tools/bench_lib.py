@@ -174,12 +174,11 @@ def baseline_rule(chain, rule_args):
     of ansible.builtin.iptables, which has one option per match it knows.
 
     It has none for `-m statistic --probability` nor for MARK's `--or-mark`/`--xor-mark`:
-    those words are dropped (the rule is still added, one module run per rule, which is
-    what is being measured); dropped words are returned so the caller can say so.
+    those words are left out (the rule is still added, one module run per rule, which is what
+    is being measured; docs/performance.md says so). Any other word it cannot say is an error.
     """
     words = _split(rule_args)
     options = dict(table="nat", chain=chain, chain_management=True)
-    dropped = []
     position = 0
     negate = False
     while position < len(words):
@@ -208,15 +207,15 @@ def baseline_rule(chain, rule_args):
         elif word == "--to-destination":
             options["to_destination"] = value
         elif word == "-m" and value == "statistic":
-            dropped.extend(words[position:position + 6])
-            step = 6
-        elif word in ("--or-mark", "--xor-mark", "--random-fully"):
-            dropped.extend(words[position:position + (1 if word == "--random-fully" else 2)])
-            step = 1 if word == "--random-fully" else 2
+            step = 6            # -m statistic --mode random --probability P
+        elif word in ("--or-mark", "--xor-mark"):
+            step = 2
+        elif word == "--random-fully":
+            step = 1
         else:
             raise ValueError("no ansible.builtin.iptables option for %r in %r" % (word, rule_args))
         position += step
-    return options, dropped
+    return options
 
 
 def _split(text):
@@ -253,8 +252,7 @@ def baseline_rules(restore_text):
             continue
         _a, chain, rest = line.split(" ", 2)
         if chain.startswith(("KUBE-SVC-", "KUBE-SEP-")) or (chain == "KUBE-SERVICES" and "KUBE-SVC-" in rest):
-            options, _dropped = baseline_rule(chain, rest)
-            rules.append(options)
+            rules.append(baseline_rule(chain, rest))
     order = {"KUBE-SEP": 0, "KUBE-SVC": 1}
     return sorted(rules, key=lambda options: order.get(options["chain"][:8], 2))
 

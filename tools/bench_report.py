@@ -15,8 +15,6 @@ import bench_lib as lib  # noqa: E402
 SYNC_HEADERS = ("kernel", "mode", "N", "rules", "cold s", "no-change s", "1 endpoint s", "peak MB",
                 "bare apply s", "first median ms", "first p95 ms", "last median ms", "last p95 ms",
                 "conns", "failed", "note")
-BASELINE_COLUMNS = ("kernel", "services", "rules", "ansible_iptables_s", "empty_playbook_s",
-                    "module_playbook_s", "module_cold_s", "speedup", "speedup_module")
 BASELINE_HEADERS = ("kernel", "services", "rules", "per-rule ansible.builtin.iptables s",
                     "empty playbook s", "module playbook s", "module alone s",
                     "task-for-task speedup", "per-rule playbook / module alone")
@@ -59,7 +57,7 @@ def markdown(rows, baseline, quick):
         parts.append(lib.markdown_table(rows, lib.RESULT_FIELDS, SYNC_HEADERS))
     if baseline:
         parts.append("\n## Baseline: per-rule ansible.builtin.iptables\n\n")
-        parts.append(lib.markdown_table(baseline, BASELINE_COLUMNS, BASELINE_HEADERS))
+        parts.append(lib.markdown_table(baseline, lib.BASELINE_FIELDS, BASELINE_HEADERS))
     return "".join(parts)
 
 

@@ -154,3 +154,10 @@ def test_baseline_playbook_names_its_vars_file_and_both_loops():
     text = lib.baseline_playbook("/tmp/x.json")
     assert '    - "/tmp/x.json"\n' in text
     assert 'loop: "{{ bench_chains }}"' in text and 'loop: "{{ bench_rules }}"' in text
+
+
+def test_report_has_one_header_per_field():
+    import bench_report  # pylint: disable=import-outside-toplevel  (tools/ is on the path above)
+
+    assert len(bench_report.SYNC_HEADERS) == len(lib.RESULT_FIELDS)
+    assert len(bench_report.BASELINE_HEADERS) == len(lib.BASELINE_FIELDS)

@@ -6,7 +6,6 @@ every function in milliseconds (tools/bench does the measuring).
 import csv
 import io
 import ipaddress
-import json
 import math
 import random
 
@@ -267,11 +266,18 @@ def baseline_chains(rules):
     return chains
 
 
-def baseline_playbook(rules_file):
+# Where a playbook's text names its variables file: tools/bench writes the file and puts its
+# path (as a YAML string) in place of this word.
+VARS_FILE_PLACEHOLDER = "VARFILE"
+
+
+def baseline_playbook():
     """A playbook creating each chain, then adding each rule, with ansible.builtin.iptables,
     one loop item (one module run) per chain and per rule, as a role written rule by rule
-    would (ansible.builtin.iptables creates a chain only in a task without rule options). It runs on localhost; tools/bench starts it inside the
-    bench node's namespace (ip netns exec), so every iptables call it makes lands there."""
+    would (ansible.builtin.iptables creates a chain only in a task without rule options).
+    Its vars file is VARS_FILE_PLACEHOLDER. It runs on localhost; tools/bench starts it
+    inside the bench node's namespace (ip netns exec), so every iptables call it makes
+    lands there."""
     return (
         "---\n"
         "- name: Baseline, one ansible.builtin.iptables task run per rule\n"
@@ -303,7 +309,7 @@ def baseline_playbook(rules_file):
         "      loop: \"{{ bench_rules }}\"\n"
         "      loop_control:\n"
         "        label: \"{{ item.chain }}\"\n"
-    ) % json.dumps(rules_file)
+    ) % VARS_FILE_PLACEHOLDER
 
 
 def series(rows):

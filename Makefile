@@ -9,9 +9,9 @@
 # Every recipe runs with .venv/bin first in PATH.
 
 MODE ?= iptables
-# Molecule scenarios `make test` runs, one per mode. A scenario that needs IPVS runs inside
-# the user-mode-linux node when this kernel cannot load ip_vs, alongside the others
-# (tools/run-scenarios); none is ever skipped.
+# Molecule scenarios `make test` runs: one per mode, IPVS split in two (ipvs-classroom holds its
+# slow classroom and guide tests). Where this kernel cannot load ip_vs, each IPVS scenario runs in
+# a user-mode-linux node of its own, alongside the others (tools/run-scenarios); none is skipped.
 SCENARIOS ?= default nftables ipvs ipvs-classroom
 # Seconds one user-mode-linux run may take before it is killed (tools/uml-run); the QUICK
 # bench gives its node 600 s whatever this says (tools/bench).

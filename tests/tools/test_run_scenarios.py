@@ -1,0 +1,116 @@
+"""tools/run-scenarios' orchestration, with stand-ins for Molecule and the user-mode-linux node.
+
+The script is copied into a scratch tree beside fake tools/uml-run and tools/kernel-has-ipvs
+(this kernel "has no IP_VS", so ipvs* scenarios go to "nodes"), and a fake `molecule` is first
+in PATH. What is tested is the script's own logic: every node's lines are out before the
+verdict, a failure anywhere fails the run and is named last, and a native failure stops the
+nodes. The real thing runs in `make test`.
+"""
+
+import os
+import shutil
+import stat
+import subprocess
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# A node writes many lines just before it exits: what a slow prefixing filter would still be
+# printing when a `wait` that does not wait for it returns.
+FAKE_UML_RUN = r'''#!/usr/bin/env bash
+scenario=${@: -1}
+echo "node for $scenario on CPU $UML_RUN_CPU"
+sleeper=
+trap 'kill $sleeper 2>/dev/null; echo "node $scenario stopped"; exit 143' TERM
+if [ -n "${FAKE_NODE_SLEEP:-}" ]; then sleep "$FAKE_NODE_SLEEP" & sleeper=$!; wait $sleeper; fi
+seq -f "$scenario line %g" 1 20000
+echo "$scenario LAST LINE"
+mkdir -p results
+if [ "${FAKE_NODE_FAILS:-}" = "$scenario" ]; then
+  printf '<testsuites><testsuite><testcase classname="test_x" name="test_in_node"><failure message="node said no"/></testcase></testsuite></testsuites>' > "results/molecule-$scenario.xml"
+  exit 3
+fi
+exit 0
+'''
+
+FAKE_MOLECULE = r'''#!/usr/bin/env bash
+scenario=${@: -1}
+echo "molecule ran $scenario"
+if [ "${FAKE_NATIVE_FAILS:-}" = "$scenario" ]; then
+  mkdir -p results
+  printf '<testsuites><testsuite><testcase classname="test_y" name="test_native"><failure message="native said no"/></testcase></testsuite></testsuites>' > "results/molecule-$scenario.xml"
+  exit 1
+fi
+exit 0
+'''
+
+
+def _executable(path, text):
+    with open(path, 'w', encoding='utf-8') as handle:
+        handle.write(text)
+    os.chmod(path, os.stat(path).st_mode | stat.S_IXUSR)
+
+
+@pytest.fixture(name='tree')
+def fixture_tree(tmp_path):
+    tools = tmp_path / 'tools'
+    tools.mkdir()
+    shutil.copy(os.path.join(REPO, 'tools', 'run-scenarios'), tools / 'run-scenarios')
+    _executable(tools / 'uml-run', FAKE_UML_RUN)
+    _executable(tools / 'kernel-has-ipvs', '#!/bin/sh\nexit 1\n')
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    _executable(bin_dir / 'molecule', FAKE_MOLECULE)
+    return tmp_path
+
+
+def run(tree, *scenarios, **env):
+    full_env = dict(os.environ, PATH='%s:%s' % (tree / 'bin', os.environ['PATH']), **env)
+    # stdout and stderr in one pipe, so the order of lines is the order a reader sees.
+    return subprocess.run([str(tree / 'tools' / 'run-scenarios'), *scenarios], env=full_env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60,
+                          check=False)
+
+
+def test_every_node_line_is_printed_before_the_verdict(tree):
+    result = run(tree, 'default', 'ipvs', 'ipvs-classroom')
+    lines = result.stdout.splitlines()
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert lines[-1] == 'run-scenarios: passed: default ipvs ipvs-classroom'
+    for scenario in ('ipvs', 'ipvs-classroom'):
+        assert '[%s] %s LAST LINE' % (scenario, scenario) in lines
+        assert sum(line.startswith('[%s] ' % scenario) for line in lines) == 20002
+    assert 'molecule ran default' in lines
+
+
+def test_a_failed_node_fails_the_run_and_its_tests_are_named_last(tree):
+    result = run(tree, 'default', 'ipvs', 'ipvs-classroom', FAKE_NODE_FAILS='ipvs-classroom')
+    lines = result.stdout.splitlines()
+    assert result.returncode == 1
+    assert '[ipvs-classroom] ipvs-classroom LAST LINE' in lines
+    assert lines[-2:] == [
+        'run-scenarios: ipvs-classroom: FAILURE test_x::test_in_node',
+        '    node said no',
+    ]
+    assert not any('passed' in line for line in lines if not line.startswith('['))
+
+
+def test_a_native_failure_stops_the_nodes_and_is_named_last(tree):
+    result = run(tree, 'default', 'ipvs', FAKE_NATIVE_FAILS='default', FAKE_NODE_SLEEP='30')
+    lines = result.stdout.splitlines()
+    assert result.returncode == 1
+    assert 'run-scenarios: molecule test -s default FAILED' in lines
+    assert '[ipvs] node ipvs stopped' in lines
+    assert '[ipvs] ipvs LAST LINE' not in lines
+    assert lines[-2:] == ['run-scenarios: default: FAILURE test_y::test_native', '    native said no']
+
+
+def test_the_nodes_get_the_last_cpus_one_each(tree):
+    result = run(tree, 'ipvs', 'ipvs-classroom')
+    cpus = sorted(os.sched_getaffinity(0), reverse=True)
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert '[ipvs] node for ipvs on CPU %d' % cpus[0] in result.stdout.splitlines()
+    assert '[ipvs-classroom] node for ipvs-classroom on CPU %d' % cpus[1 % len(cpus)] \
+        in result.stdout.splitlines()
+

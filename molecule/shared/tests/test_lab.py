@@ -9,7 +9,7 @@ import json
 import os
 
 
-from conftest import ephemeral_dir
+from conftest import curl, ephemeral_dir
 from host_snapshot import differences, snapshot
 
 
@@ -126,6 +126,26 @@ def test_pod_servers_are_daemons_in_their_pods(host, lab):
         assert any(arg.endswith("lab_pod_server.py") for arg in cmdline), cmdline
         netns = host.check_output("ip netns identify %s", str(pid)).split()
         assert pod["netns"] in netns, f"{pod['name']}'s server (pid {pid}) runs in {netns}"
+
+
+def test_a_pod_server_started_with_stdin_closed_answers(host, lab):
+    """A caller with no stdin (a CI runner, `cmd 0<&-`) once left a server that listened on
+    fd 0 until its own daemonizing closed the socket: started, pidfile written, no answer."""
+    pod = lab["pods"][0]
+    pid = int(host.file(f"{lab['run_dir']}/{pod['name']}.pid").content_string.strip())
+    cmdline = host.file(f"/proc/{pid}/cmdline").content_string.split("\0")
+    python, server = cmdline[0], next(arg for arg in cmdline if arg.endswith("lab_pod_server.py"))
+    scratch = host.check_output("mktemp -d")
+    pidfile = f"{scratch}/stdin-closed.pid"
+    try:
+        started = host.run("ip netns exec %s %s %s start --name stdin-closed --port 18080 --pidfile %s 0<&-",
+                           pod["netns"], python, server, pidfile)
+        assert started.rc == 0, started.stderr
+        answer = curl(host, lab["node_netns"], f"http://{pod['ip']}:18080/")
+        assert answer and answer["pod"] == "stdin-closed", answer
+    finally:
+        host.run("ip netns exec %s %s %s stop --pidfile %s", pod["netns"], python, server, pidfile)
+        host.run("rm -rf %s", scratch)
 
 
 def test_host_root_namespace_unchanged(lab):

@@ -118,8 +118,22 @@ def serve(server, pidfile, ready_fd):
     server.serve_forever()
 
 
+def open_standard_fds():
+    """Point any closed stdin, stdout or stderr at /dev/null.
+
+    A caller that closed one (a CI runner's stdin, `cmd 0<&-`) would otherwise hand its
+    number to the listening socket or the ready pipe, and the daemon's dup2 onto 0-2 would
+    then close that socket: a server that started but never answers."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free number: this fd
+
+
 def daemonize(args):
     """Bind, then double-fork; return the daemon's pid once it is listening."""
+    open_standard_fds()
     server = Server(("0.0.0.0", args.port), Handler, bind_and_activate=False)
     server.pod_name = args.name
     try:  # errors (port in use, no such address) surface here, in the caller

@@ -41,7 +41,8 @@ author:
 options:
   netns:
     description:
-      - Network namespace of the node, as listed by C(ip netns list). It must exist unless O(state=absent).
+      - Network namespace of the node, as listed by C(ip netns list). It must exist unless
+        O(state=absent), or in check mode, which then plans against an empty node.
     type: str
     required: true
   mode:
@@ -134,10 +135,26 @@ options:
         type: list
         elements: str
         default: []
+  lock_timeout:
+    description:
+      - Seconds to wait while another run of this module syncs the same namespace.
+      - Runs on one node are serialised, as kube-proxy runs one sync loop per node. Each holds
+        an exclusive C(flock) on the namespace's file C(/run/netns/NETNS) from reading the live
+        state to the end of its apply, so two runs at once leave exactly the later one's state,
+        never a mixture. The kernel releases the lock when its holder exits, killed or not.
+    type: int
+    default: 600
 notes:
   - Every command runs as C(ip netns exec NETNS ...); nothing is changed outside the namespace.
-  - Supports C(--check) (reports what would change) and C(--diff) (the owned rules before and
-    after, in C(iptables-save) form).
+  - "What is atomic: each table's C(COMMIT) in an C(iptables-restore), each C(nft -f)
+    transaction, one C(ipset restore), one C(ipvsadm -R) and one C(ip -batch) each apply as a
+    whole or not at all; a sync is these steps in turn. They are ordered so that a run killed
+    between two of them leaves no rule that refers to something missing (ipsets are created
+    before the iptables rules that match them and destroyed after) and no Service
+    half-programmed: within a table a Service's chains and its dispatch rule commit together.
+    The restore commits C(nat) before C(filter), so a Service that gains endpoints is
+    reachable once C(nat) commits (C(filter) sees the DNATed destination, not the ClusterIP,
+    so its old rejection no longer applies). A rerun converges from any such point."
 requirements:
   - iproute2 (C(ip netns))
   - iptables (C(iptables-save), C(iptables-restore))
@@ -233,8 +250,12 @@ from ansible.module_utils.kube_proxy.model import (
     build_config,
     validate_netns,
 )
+from ansible.module_utils.kube_proxy.node_lock import LockTimeout, node_lock
 
 NETNS_DIR = "/run/netns"
+# Seconds a run waits for another run on the same node; kube-proxy's own sync at 10,000
+# Services takes minutes on iptables-nft, so the wait allows for one such sync.
+DEFAULT_LOCK_TIMEOUT = 600
 # Present while the kernel has IPVS loaded (as a module or built in); without it no
 # namespace can hold a virtual server, so there is nothing to read or clean.
 IP_VS_LOADED = "/sys/module/ip_vs"
@@ -261,6 +282,7 @@ ARGUMENT_SPEC = dict(
     ipvs_scheduler=dict(type="str", choices=list(IPVS_SCHEDULERS), default="rr"),
     state=dict(type="str", choices=list(STATES), default="present"),
     services=dict(type="list", elements="dict", options=SERVICE_OPTIONS, default=[]),
+    lock_timeout=dict(type="int", default=DEFAULT_LOCK_TIMEOUT),
 )
 
 NO_IPVS = (
@@ -361,36 +383,58 @@ def run_module(module):
         )
     except ValidationError as error:
         module.fail_json(msg=str(error), field=error.field)
+    if params["lock_timeout"] < 0:
+        module.fail_json(msg="lock_timeout must be 0 or more seconds, got %d" % params["lock_timeout"], field="lock_timeout")
 
     result = dict(changed=False, mode=config.mode, netns=netns, rules="", changed_chains=[], deleted_chains=[])
-    if not os.path.exists(os.path.join(NETNS_DIR, netns)):
+    netns_path = os.path.join(NETNS_DIR, netns)
+    if not os.path.exists(netns_path):
         if not present:
             module.exit_json(**result)
-        module.fail_json(
-            msg="network namespace %s does not exist (ip netns list); create the node first, "
-                "e.g. with the lab_node role" % netns, **result)
+        if not module.check_mode:
+            module.fail_json(
+                msg="network namespace %s does not exist (ip netns list); create the node first, "
+                    "e.g. with the lab_node role" % netns, **result)
+        # --check before the node exists (a lab not built yet): say what a run on the new,
+        # empty node would install.
+        plan = sync.plan(config, present, sync.Live(iptables_save="", kernel_release=os.uname().release))
+        module.warn("network namespace %s does not exist yet: planned against an empty node" % netns)
+        report(module, result, plan, netns)
     if present and config.mode == "ipvs":
         load_ipvs(module, config.ipvs_scheduler)
 
     node = Node(module, netns)
     if present and config.mode == "nftables":
         check_nftables(node)
-    plan = sync.plan(config, present, read_live(module, node, config, present))
-    if not module.check_mode:
-        apply(node, plan.steps)
+    try:
+        # From reading the live state to the end of the apply: another run's apply in
+        # between would make this plan wrong, and the two would leave a mixture.
+        with node_lock(netns_path, params["lock_timeout"]):
+            plan = sync.plan(config, present, read_live(module, node, config, present))
+            if not module.check_mode:
+                apply(node, plan.steps)
+    except LockTimeout:
+        module.fail_json(msg="another kube_proxy run held network namespace %s for more than lock_timeout=%d s; "
+                             "nothing was changed" % (netns, params["lock_timeout"]), **result)
+    except FileNotFoundError:
+        module.fail_json(msg="network namespace %s was deleted while this run waited for it" % netns, **result)
 
-    result.update(
-        changed=plan.changed,
-        rules=plan.rules,
-        changed_chains=plan.changed_chains,
-        deleted_chains=plan.deleted_chains,
-    )
     backend = plan.iptables_backend
     if backend is None and present:
         # An empty node's iptables-save prints no header to tell the backend by.
         backend = iptables.backend_of(node.run("iptables", "--version"))
     if backend:
         result["iptables_backend"] = backend
+    report(module, result, plan, netns)
+
+
+def report(module, result, plan, netns):
+    result.update(
+        changed=plan.changed,
+        rules=plan.rules,
+        changed_chains=plan.changed_chains,
+        deleted_chains=plan.deleted_chains,
+    )
     if module._diff:
         result["diff"] = [
             dict(before=step.before, after=step.after,

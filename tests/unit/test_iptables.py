@@ -124,6 +124,18 @@ def test_empty_node_gets_everything_in_one_restore():
     assert "nat/KUBE-SERVICES" in result.changed_chains
 
 
+def test_restore_commits_nat_before_filter():
+    """A Service gaining endpoints must be DNATed before filter lifts its rejection: a restore
+    killed between the two COMMITs then leaves it reachable, not silently unanswered."""
+    gone = iptables.plan(iptables.render(config(NO_ENDPOINTS)), iptables.parse_save(""))
+    back = iptables.plan(iptables.render(config(dict(NO_ENDPOINTS, endpoints=["10.0.0.2"]))),
+                         iptables.parse_save(iptables.restore_text(iptables.render(config(NO_ENDPOINTS)))))
+    for result in (gone, back):
+        tables = [line[1:] for line in result.restore.splitlines() if line.startswith("*")]
+        assert tables == ["nat", "filter"]
+    assert "-A KUBE-SERVICES" not in back.restore.split("*filter")[1]
+
+
 def test_removed_endpoint_rewrites_the_service_and_deletes_its_chain():
     live = iptables.parse_save((FIXTURES / "iptables-nft-save.txt").read_text())
     fewer = dict(APP1, endpoints=["10.0.0.2", "10.0.0.4"])

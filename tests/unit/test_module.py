@@ -181,6 +181,35 @@ def test_missing_namespace_fails_with_the_way_out(monkeypatch, tmp_path):
     assert "network namespace lab-node does not exist" in outcome.result["msg"]
 
 
+def test_check_mode_on_a_missing_namespace_plans_against_an_empty_node(monkeypatch, tmp_path):
+    """--check of a lab not built yet: report what a run on the new node would install."""
+    monkeypatch.setattr(kube_proxy_module, "NETNS_DIR", str(tmp_path))
+    warnings = []
+    monkeypatch.setattr(basic.AnsibleModule, "warn", lambda self, warning: warnings.append(warning))
+    node = FakeNode()
+    outcome = run(monkeypatch, app1_args(), node, check_mode=True, diff=True)
+    assert not outcome.failed
+    assert outcome.result["changed"] is True
+    assert node.calls == []
+    assert warnings == ["network namespace lab-node does not exist yet: planned against an empty node"]
+    (iptables_diff,) = outcome.result["diff"]
+    assert iptables_diff["before"] == "" and "KUBE-SVC-4QFXEAV27BCWXK5E" in iptables_diff["after"]
+
+
+def test_a_run_waits_no_longer_than_lock_timeout(monkeypatch, netns_exists, tmp_path):
+    node = FakeNode()
+    with kube_proxy_module.node_lock(str(tmp_path / "lab-node"), timeout=1):
+        outcome = run(monkeypatch, app1_args(lock_timeout=0), node)
+    assert outcome.failed
+    assert "another kube_proxy run held network namespace lab-node" in outcome.result["msg"]
+    assert node.changes() == []
+
+
+def test_negative_lock_timeout_is_refused_by_name(monkeypatch, netns_exists):
+    outcome = run(monkeypatch, app1_args(lock_timeout=-1), FakeNode())
+    assert outcome.failed and outcome.result["field"] == "lock_timeout"
+
+
 def test_bad_input_fails_before_any_command(monkeypatch, netns_exists):
     node = FakeNode()
     bad = dict(APP1, endpoints=["10.0.0.2", "10.0.0.999"])

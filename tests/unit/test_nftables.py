@@ -6,7 +6,6 @@ to an empty scratch namespace, then golden/nftables-mixed.nft (which replaces th
 and saves ``nft -j list table ip kube-proxy`` after each.
 """
 
-import copy
 import json
 import re
 

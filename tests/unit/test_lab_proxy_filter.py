@@ -1,0 +1,55 @@
+"""The lab_proxy filters: what the readiness probe asks, and the Services it hands kube-proxy."""
+
+import importlib.util
+
+import pytest
+from ansible.errors import AnsibleFilterError
+
+from conftest import REPO
+
+SPEC = importlib.util.spec_from_file_location("lab_proxy_filter", REPO / "filter_plugins" / "lab_proxy.py")
+lab_proxy_filter = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(lab_proxy_filter)
+FILTERS = lab_proxy_filter.FilterModule().filters()
+probe_targets, ready_services = FILTERS["lab_proxy_probe_targets"], FILTERS["lab_proxy_ready_services"]
+
+APP1 = dict(name="app1", cluster_ip="10.96.0.10", port=80, target_port=8080, endpoints=["10.0.0.2", "10.0.0.3", "10.0.0.4"])
+APP2 = dict(name="app2", cluster_ip="10.96.0.20", port=8080, endpoints=["10.0.0.2", "10.0.0.3"])
+
+
+def test_each_endpoint_is_probed_once_at_its_target_port():
+    assert probe_targets([APP1, APP2]) == ["10.0.0.2:8080", "10.0.0.3:8080", "10.0.0.4:8080"]
+
+
+def test_a_service_without_target_port_is_probed_at_its_port():
+    assert probe_targets([dict(APP2, port=9000)]) == ["10.0.0.2:9000", "10.0.0.3:9000"]
+
+
+@pytest.mark.parametrize("services", [[], [dict(APP1, endpoints=[])], [dict(APP1, endpoints=None)]])
+def test_no_endpoints_means_nothing_to_probe(services):
+    assert probe_targets(services) == []
+
+
+def test_services_must_be_a_list():
+    with pytest.raises(AnsibleFilterError, match="lab_proxy_services must be a list"):
+        probe_targets("app1")
+
+
+def test_only_the_endpoints_that_answered_stay():
+    (app1,) = ready_services([APP1], ["10.0.0.2:8080", "10.0.0.4:8080"])
+    assert app1["endpoints"] == ["10.0.0.2", "10.0.0.4"]
+    assert APP1["endpoints"] == ["10.0.0.2", "10.0.0.3", "10.0.0.4"], "the declared Service was changed"
+
+
+def test_an_answer_on_another_port_does_not_count():
+    (app2,) = ready_services([dict(APP2, port=9000)], ["10.0.0.2:8080"])
+    assert app2["endpoints"] == []
+
+
+def test_a_service_left_with_no_endpoint_is_kept_for_its_rejection():
+    assert ready_services([APP1, APP2], []) == [dict(APP1, endpoints=[]), dict(APP2, endpoints=[])]
+
+
+def test_assumed_ready_addresses_count_without_an_answer():
+    (app1,) = ready_services([APP1], ["10.0.0.2:8080"], ["10.0.0.4"])
+    assert app1["endpoints"] == ["10.0.0.2", "10.0.0.4"]

@@ -20,17 +20,20 @@ def lab_pods(count, bridge_address):
     """
     try:
         count = int(count)
+    except (TypeError, ValueError):
+        raise AnsibleFilterError("lab_pods: pods must be a whole number of pods, 0 or more, got %r" % (count,))
+    try:
         interface = ipaddress.ip_interface(str(bridge_address))
     except ValueError as error:
         raise AnsibleFilterError("lab_pods: %s" % error)
     if interface.version != 4:
         raise AnsibleFilterError("lab_pods: %s is not an IPv4 address" % bridge_address)
     if count < 0:
-        raise AnsibleFilterError("lab_pods: the number of pods must be 0 or more, got %d" % count)
+        raise AnsibleFilterError("lab_pods: pods must be 0 or more, got %d" % count)
     hosts = [host for host in interface.network.hosts() if host > interface.ip]
     if count > len(hosts):
         raise AnsibleFilterError(
-            "lab_pods: %d pods do not fit in %s after the bridge's %s (room for %d)"
+            "lab_pods: pods=%d do not fit in %s after the bridge's %s (room for %d)"
             % (count, interface.network, interface.ip, len(hosts)))
     return [dict(name="pod%d" % number, ip=str(hosts[number - 1])) for number in range(1, count + 1)]
 

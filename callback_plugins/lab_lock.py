@@ -1,0 +1,65 @@
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+name: lab_lock
+type: aggregate
+short_description: One lab run at a time on this machine
+description:
+  - Every playbook run with the lab's ansible.cfg takes an exclusive lock (flock) on
+    C(/run/lock/kube-proxy-lab.lock) before its first play and holds it until it exits.
+    A second run started meanwhile (C(lab.yml -e mode=iptables) next to
+    C(lab.yml -e mode=nftables)) says which run holds the lab and waits for it, instead of
+    racing it to create the same namespaces.
+  - The kernel drops the lock when its holder exits, also when it is killed, so a stale lock
+    cannot block the lab. The lock file holds the holder's pid and command line, for people;
+    it stays in /run/lock (a tmpfs, emptied at boot), because unlinking a lock file races
+    with the next run that opens it.
+  - The lock lives on the machine running ansible-playbook, which is the lab's host for the
+    inventory's localhost; two controllers building one remote host are not serialised.
+options:
+  path:
+    description: The lock file.
+    type: path
+    default: /run/lock/kube-proxy-lab.lock
+    env:
+      - name: LAB_LOCK_FILE
+"""
+
+import fcntl
+import os
+import sys
+
+from ansible.plugins.callback import CallbackBase
+
+
+class CallbackModule(CallbackBase):
+    CALLBACK_VERSION = 2.0
+    CALLBACK_TYPE = "aggregate"
+    CALLBACK_NAME = "lab_lock"
+    CALLBACK_NEEDS_ENABLED = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._lock_fd = None
+
+    def v2_playbook_on_start(self, playbook):
+        if self._lock_fd is not None:
+            return  # several playbooks in one ansible-playbook run: the lock is held already
+        path = self.get_option("path")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "a run that has not said who it is"
+            self._display.display("Another lab run holds %s (%s); waiting for it to finish." % (path, holder))
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._display.display("The other lab run has finished; going on.")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, ("pid %d: %s\n" % (os.getpid(), " ".join(sys.argv))).encode(), 0)
+        self._lock_fd = fd

@@ -57,6 +57,7 @@ VOLATILE = [
     (re.compile(r" expires \S+"), ""),  # nft set elements, IPv6 routes
     (re.compile(r"valid_lft \S+ preferred_lft \S+"), "lifetimes"),  # address lifetimes
     (re.compile(r" \(id: \d+\)"), ""),  # ip netns list ids
+    (re.compile(r"(_timer)\s+[0-9.]+"), r"\1"),  # ip -d link: a bridge's running timers
     (re.compile(r"\n{2,}"), "\n"),
 ]
 
@@ -101,6 +102,23 @@ def snapshot(ignore_netns=()):
     )
     result["sysctl"] = sysctls()
     return result
+
+
+# What the lab holds inside each of its namespaces: the same readers, plus kube-proxy's
+# ipsets and IPVS table (only where the kernel has IPVS: ipvsadm would load it otherwise).
+NAMESPACE_COMMANDS = {name: argv for name, argv in COMMANDS.items() if name != "ip netns list"}
+NAMESPACE_COMMANDS["ipset save"] = ["ipset", "save"]
+
+
+def namespace_snapshot(names):
+    """Each named namespace as {"NAME: section": normalised text}; reads only."""
+    commands = dict(NAMESPACE_COMMANDS)
+    if os.path.exists("/sys/module/ip_vs"):
+        commands["ipvsadm-save"] = ["ipvsadm-save", "-n"]
+    return {
+        f"{name}: {section}": normalise(run(["ip", "netns", "exec", name] + argv))
+        for name in names for section, argv in commands.items()
+    }
 
 
 def differences(before, after):

@@ -8,12 +8,16 @@ lab was built with.
 import json
 import os
 import re
+import subprocess
 import sys
 
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))  # molecule/shared: host_snapshot.py
+PROJECT = os.environ.get("MOLECULE_PROJECT_DIRECTORY", os.getcwd())
+# host_snapshot.py; the bench's Service generator (tools/bench_lib.py); the module's own
+# logic (module_utils/kube_proxy), for tests that check the kernel with the code's helpers.
+sys.path[:0] = [os.path.dirname(HERE), os.path.join(PROJECT, "tools"), os.path.join(PROJECT, "module_utils")]
 
 MAX_TRIES = 60
 ANSWER = re.compile(r"^pod=(?P<pod>\S+) client=(?P<ip>[0-9.]+):(?P<port>\d+)$")
@@ -47,6 +51,28 @@ def pytest_generate_tests(metafunc):
 @pytest.fixture(scope="session")
 def lab():
     return load_lab()
+
+
+def project_env(**overrides):
+    """The environment a student's ansible-playbook runs in: the project's ansible.cfg, plain
+    text (molecule forces colour on; the tests read the output's lines)."""
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(PROJECT, "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    env.pop("ANSIBLE_FORCE_COLOR", None)
+    env.update(overrides)
+    return env
+
+
+def ansible_playbook(playbook, *args, extra_vars=None):
+    """ansible-playbook PLAYBOOK [ARGS] [-e EXTRA_VARS] in the project, whatever its outcome."""
+    command = ["ansible-playbook", playbook, *args] + (["-e", json.dumps(extra_vars)] if extra_vars else [])
+    return subprocess.run(command, cwd=PROJECT, env=project_env(), capture_output=True, text=True, check=False)
+
+
+def play(playbook, *args, **extra_vars):
+    """ansible-playbook PLAYBOOK [ARGS] -e EXTRA_VARS; its output. Fails the test on error."""
+    result = ansible_playbook(playbook, *args, extra_vars=extra_vars)
+    assert result.returncode == 0, "%s failed:\n%s" % (" ".join(result.args), result.stdout[-4000:] + result.stderr[-2000:])
+    return result.stdout
 
 
 def curl(host, netns, url):

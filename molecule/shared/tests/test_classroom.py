@@ -8,31 +8,17 @@ a finally, so the idempotence and host-safety checks that follow see the lab con
 
 import ipaddress
 import json
-import os
 import re
-import subprocess
 
-from conftest import Answers, curl
+from conftest import Answers, curl, play
 from test_lab import kernel_probability, svc_chain
 
-PROJECT = os.environ.get("MOLECULE_PROJECT_DIRECTORY", os.getcwd())
 OBSERVE_COUNT = 300
 # A loose sanity bound, not a statistical test: with 3 pods each gets 1/3 on average; 15 % of
 # 300 is 45, more than 10 standard deviations below the mean of 100.
 MIN_SHARE = 0.15
 SCALED = 5
 ROW = re.compile(r"^\s+(?P<pod>\S+)\s+(?P<ip>[0-9.?]+)\s+(?P<count>\d+)\s+(?P<share>[0-9.]+) %\s+(?P<expected>[0-9.]+) %\s+(?P<seen>.*)$")
-
-
-def play(playbook, *args, **extra_vars):
-    """ansible-playbook PLAYBOOK [ARGS] -e EXTRA_VARS in the project; its output. Fails the test on error."""
-    command = ["ansible-playbook", playbook, *args, "-e", json.dumps(extra_vars)]
-    # molecule forces colour on; the tests read the report's lines
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(PROJECT, "ansible.cfg"), ANSIBLE_NOCOLOR="1")
-    env.pop("ANSIBLE_FORCE_COLOR", None)
-    result = subprocess.run(command, cwd=PROJECT, env=env, capture_output=True, text=True, check=False)
-    assert result.returncode == 0, "%s failed:\n%s" % (" ".join(command), result.stdout[-4000:] + result.stderr[-2000:])
-    return result.stdout
 
 
 def programmed(host, lab, service):

@@ -11,13 +11,9 @@ answered, at most MAX_TRIES.
 """
 
 import json
-import os
-import subprocess
 from collections import namedtuple
 
-from conftest import ANSWER, load_lab, sources
-
-PROJECT = os.environ.get("MOLECULE_PROJECT_DIRECTORY", os.getcwd())
+from conftest import ANSWER, load_lab, play, sources
 FAIL_TRIES = 6
 MAX_TRIES = 30
 TIMEOUT = 2  # seconds per request (curl --max-time)
@@ -85,12 +81,7 @@ def expected(exercise, lab, client_ip):
 
 def playbook(exercise, action, *extra):
     """ansible-playbook playbooks/exercise.yml; its output, or the test fails."""
-    command = ["ansible-playbook", "playbooks/exercise.yml", "-e", "exercise=" + exercise,
-               "-e", "step=" + action] + list(extra)
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(PROJECT, "ansible.cfg"))
-    result = subprocess.run(command, cwd=PROJECT, env=env, capture_output=True, text=True, check=False)
-    assert result.returncode == 0, "%s failed:\n%s" % (" ".join(command), result.stdout[-3000:] + result.stderr[-2000:])
-    return result.stdout
+    return play("playbooks/exercise.yml", "-e", "exercise=" + exercise, "-e", "step=" + action, *extra)
 
 
 def measure(host, url, source, expect):

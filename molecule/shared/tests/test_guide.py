@@ -8,17 +8,14 @@ import os
 import subprocess
 
 import guide
+from conftest import PROJECT, project_env
 
-PROJECT = os.environ.get("MOLECULE_PROJECT_DIRECTORY", os.getcwd())
 GUIDE = os.path.join(PROJECT, "docs", "guide.md")
 
 
 def shell(command):
     """bash -c COMMAND in the project, as a student types it; (exit status, stdout, stderr)."""
-    # molecule forces colour on; the expected lines are plain text
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(PROJECT, "ansible.cfg"), ANSIBLE_NOCOLOR="1")
-    env.pop("ANSIBLE_FORCE_COLOR", None)
-    result = subprocess.run(["bash", "-c", command], cwd=PROJECT, env=env, capture_output=True, text=True, check=False)
+    result = subprocess.run(["bash", "-c", command], cwd=PROJECT, env=project_env(), capture_output=True, text=True, check=False)
     return result.returncode, result.stdout, result.stderr
 
 

@@ -7,22 +7,15 @@ Service definition; the test always puts the scenario's own mode back, so the te
 the host-safety check that follow see the lab as converge built it.
 """
 
-import json
 import os
-import subprocess
 
-from conftest import Answers, load_lab, sources
-
-PROJECT = os.environ.get("MOLECULE_PROJECT_DIRECTORY", os.getcwd())
+from conftest import PROJECT, Answers, load_lab, play, sources
 STICKY_REQUESTS = 20
 
 
 def run_proxy_role(**extra_vars):
     """ansible-playbook lab.yml --tags lab_proxy with extra vars; fails the test on error."""
-    command = ["ansible-playbook", "lab.yml", "--tags", "lab_proxy", "-e", json.dumps(extra_vars)]
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(PROJECT, "ansible.cfg"))
-    result = subprocess.run(command, cwd=PROJECT, env=env, capture_output=True, text=True, check=False)
-    assert result.returncode == 0, "%s failed:\n%s" % (" ".join(command), result.stdout[-3000:] + result.stderr[-2000:])
+    play("lab.yml", "--tags", "lab_proxy", **extra_vars)
 
 
 def kernel_modes(host, lab):

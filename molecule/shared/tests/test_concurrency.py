@@ -1,0 +1,195 @@
+"""Runs that overlap or die half-way, and bad requests: what the lab guarantees whatever the
+mode, so these run once, in the default scenario (natively, where iptables-nft's slow
+restores leave time to interrupt one).
+
+- two kube_proxy runs on one node at once leave exactly one run's state, never a mixture;
+- a kube_proxy run killed during a 3,000-Service restore leaves no Service half-programmed,
+  and a rerun converges;
+- two lab.yml runs at once both succeed, the second after the first, and leave one lab;
+- a bad playbook variable is refused by name before anything changes.
+
+The module runs as Ansible runs it (tools/bench_module.py) on Services made by the bench's
+own generator, in a scratch namespace of its own, deleted afterwards.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import bench_lib
+import pytest
+from conftest import PROJECT, ansible_playbook, play, project_env
+from host_snapshot import differences, namespace_snapshot
+from kube_proxy import iptables
+from kube_proxy.model import build_config
+from test_faults import lab_namespaces
+from test_modes import data_plane, own_state_missing, residue, unreached
+
+SCRATCH_NETNS = "kpl-test-sync"
+MODULE_RUNNER = os.path.join(PROJECT, "tools", "bench_module.py")
+ROUNDS = 10
+# Big enough that one restore takes seconds on iptables-nft (docs/performance.md), so a
+# kill lands inside it.
+KILLED_SERVICES = 3000
+RESTORE_WAIT = 60
+
+
+@pytest.fixture
+def scratch_node(host):
+    host.check_output("ip netns add %s", SCRATCH_NETNS)
+    try:
+        yield SCRATCH_NETNS
+    finally:
+        host.run("ip netns delete %s", SCRATCH_NETNS)
+
+
+def module_args(tmp_path, name, services, netns=SCRATCH_NETNS):
+    path = tmp_path / (name + ".json")
+    path.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": dict(
+        netns=netns, mode="iptables", cluster_cidr="10.0.0.0/24", services=services)}))
+    return str(path)
+
+
+def start_module(args_path):
+    return subprocess.Popen([sys.executable, MODULE_RUNNER, args_path],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(process):
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, "kube_proxy failed: %s %s" % (stdout[-2000:], stderr[-2000:])
+    return json.loads(stdout)
+
+
+def matches(host, netns, services):
+    """Whether the node holds exactly the state kube-proxy would for ``services``: the
+    module's own planner, asked to sync them, finds nothing to change."""
+    desired = iptables.render(build_config("iptables", "10.0.0.0/24", services))
+    live = iptables.parse_save(host.check_output("ip netns exec %s iptables-save", netns))
+    return not iptables.plan(desired, live).changed
+
+
+def test_two_module_runs_at_once_leave_one_declared_state(host, scratch_node, tmp_path):
+    first = bench_lib.services(200, seed=1)
+    second = bench_lib.services(150, seed=2)
+    first_args = module_args(tmp_path, "first", first)
+    second_args = module_args(tmp_path, "second", second)
+    outcomes = []
+    for round_number in range(1, ROUNDS + 1):
+        runs = [start_module(first_args), start_module(second_args)]
+        for run in runs:
+            finish(run)
+        held = [name for name, services in (("first", first), ("second", second))
+                if matches(host, scratch_node, services)]
+        assert len(held) == 1, "round %d: the node holds %s of the two declared states" % (
+            round_number, " and ".join(held) or "neither")
+        outcomes.append(held[0])
+    print("the state left in each of %d rounds: %s" % (ROUNDS, outcomes))
+
+
+def restore_process(host, netns):
+    """The pid of an iptables-restore running in netns, or None."""
+    for pid in host.check_output("ip netns pids %s", netns).split():
+        comm = host.file("/proc/%s/comm" % pid)
+        if comm.exists and comm.content_string.strip() == "iptables-restor":
+            return int(pid)
+    return None
+
+
+def test_a_run_killed_during_its_restore_leaves_no_half_service(host, scratch_node, tmp_path):
+    services = bench_lib.services(KILLED_SERVICES)
+    args = module_args(tmp_path, "big", services)
+    run = start_module(args)
+    try:
+        deadline = time.monotonic() + RESTORE_WAIT
+        pid = None
+        while pid is None and run.poll() is None and time.monotonic() < deadline:
+            pid = restore_process(host, scratch_node)
+            time.sleep(0.05)
+        assert pid is not None, "no iptables-restore to kill: the run ended (rc %s) or never started one" % run.poll()
+        time.sleep(1)
+        host.check_output("kill -9 %s", str(pid))
+        run.kill()
+    finally:
+        run.kill()
+        run.communicate()
+    saved = host.check_output("ip netns exec %s iptables-save -t nat", scratch_node)
+    service_chains = {line[1:].split()[0] for line in saved.splitlines() if line.startswith(":KUBE-SVC-")}
+    dispatched = {line.split("-j ")[-1] for line in saved.splitlines() if line.startswith("-A KUBE-SERVICES ")}
+    assert service_chains <= dispatched, "Service chains nothing dispatches to: %d" % len(service_chains - dispatched)
+    assert len(service_chains) in (0, KILLED_SERVICES), "%d of %d Services programmed" % (
+        len(service_chains), KILLED_SERVICES)
+    print("killed iptables-restore (pid %d) 1 s in: %d of %d Services programmed" % (
+        pid, len(service_chains), KILLED_SERVICES))
+    finish(start_module(args))
+    assert matches(host, scratch_node, services)
+    assert finish(start_module(args))["changed"] is False
+
+
+def test_two_lab_runs_at_once_both_succeed_and_leave_one_lab(host, lab, tmp_path):
+    """The second run waits for the first (the lab_lock callback) and ends in its own mode."""
+    mode = lab["mode"]
+    other = "nftables" if mode != "nftables" else "iptables"
+    play("lab.yml", state="absent")
+    first_log = tmp_path / "first.log"
+    with open(first_log, "w", encoding="utf-8") as log:
+        first = subprocess.Popen(["ansible-playbook", "lab.yml", "-e", "mode=" + other], cwd=PROJECT,
+                                 env=project_env(), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        lock = host.file("/run/lock/kube-proxy-lab.lock")
+        deadline = time.monotonic() + RESTORE_WAIT
+        while not (lock.exists and lock.content_string.startswith("pid %d:" % first.pid)):
+            assert time.monotonic() < deadline and first.poll() is None, "the first run never took the lab lock"
+            time.sleep(0.1)
+        second = ansible_playbook("lab.yml", extra_vars=dict(mode=mode))
+        first.wait(timeout=600)
+    finally:
+        first.kill()
+        first.wait()
+    assert first.returncode == 0, "the first run failed:\n" + first_log.read_text()[-3000:]
+    assert second.returncode == 0, "the second run failed:\n" + (second.stdout + second.stderr)[-3000:]
+    assert "Another lab run holds" in second.stdout, "the second run did not wait:\n" + second.stdout[:2000]
+    plane = data_plane(host, lab["node_netns"])
+    assert not residue(mode, plane) and not own_state_missing(mode, plane), plane
+    assert not unreached(host, lab)
+
+
+BAD_VARIABLES = [
+    ("mode", "userspace", ["mode", "iptables, ipvs, nftables"]),
+    ("state", "gone", ["state", "present, absent"]),
+    ("pods", "abc", ["pods", "int"]),
+    ("pods", "2.5", ["pods", "int"]),
+    ("pods", "-1", ["pods must be 0 or more"]),
+    ("pods", "300", ["pods=300 do not fit", "room for 253"]),
+    ("second_service", "maybe", ["second_service", "bool"]),
+]
+
+
+@pytest.mark.parametrize("variable, value, words", BAD_VARIABLES, ids=["%s=%s" % bad[:2] for bad in BAD_VARIABLES])
+def test_a_bad_variable_is_refused_by_name_before_anything_changes(host, lab, variable, value, words):
+    before = namespace_snapshot(lab_namespaces(host, lab))
+    result = ansible_playbook("lab.yml", "-e", "%s=%s" % (variable, value))
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, "-e %s=%s was accepted" % (variable, value)
+    for word in words:
+        assert word in output, "-e %s=%s: the error does not say %r:\n%s" % (variable, value, word, output[-2000:])
+    assert "Check the request" in output and "TASK [lab_node" not in output, "the run got past its checks"
+    after = namespace_snapshot(lab_namespaces(host, lab))
+    assert not differences(before, after), differences(before, after)
+
+
+def test_check_of_a_lab_not_built_yet_runs_to_the_end(host, lab):
+    """--check on a host without the lab: every namespace reads as empty, nothing is made."""
+    names = dict(lab_node_netns="kpl-check-node", lab_client_netns="kpl-check-client", lab_pods_netns_prefix="kpl-check-")
+    before = namespace_snapshot(lab_namespaces(host, lab))
+    result = ansible_playbook("lab.yml", "--check", "--diff", extra_vars=dict(names, mode="iptables"))
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, "--check failed:\n" + output[-4000:]
+    assert "kpl-check-node does not exist yet: planned against an empty node" in output
+    # The pods it would start count as ready: each gets its endpoint chain in the diff.
+    assert output.count("DNAT --to-destination") == len(lab["pods"]), output[-3000:]
+    made = [name for name in host.check_output("ip netns list").split() if name.startswith("kpl-check-")]
+    assert not made, "--check created namespaces: %s" % made
+    assert not differences(before, namespace_snapshot(lab_namespaces(host, lab)))

@@ -146,15 +146,14 @@ options:
     default: 600
 notes:
   - Every command runs as C(ip netns exec NETNS ...); nothing is changed outside the namespace.
-  - "What is atomic: each table's C(COMMIT) in an C(iptables-restore), each C(nft -f)
-    transaction, one C(ipset restore), one C(ipvsadm -R) and one C(ip -batch) each apply as a
-    whole or not at all; a sync is these steps in turn. They are ordered so that a run killed
-    between two of them leaves no rule that refers to something missing (ipsets are created
-    before the iptables rules that match them and destroyed after) and no Service
-    half-programmed: within a table a Service's chains and its dispatch rule commit together.
-    The restore commits C(nat) before C(filter), so a Service that gains endpoints is
-    reachable once C(nat) commits (C(filter) sees the DNATed destination, not the ClusterIP,
-    so its old rejection no longer applies). A rerun converges from any such point."
+  - "What is atomic: only each table's C(COMMIT) in an C(iptables-restore) and each C(nft -f)
+    transaction apply as a whole or not at all. C(ipset restore), C(ipvsadm -R) and
+    C(ip -batch) apply their input line by line, and a sync is these steps in turn. So a run
+    killed part-way can leave an IPVS virtual server with only some of its real servers, or
+    filter's rules committed and nat's not. What the order guarantees: a Service's iptables
+    chains and its dispatch rule commit together; no rule refers to a chain of another table
+    or another transaction, nor to an ipset that does not exist yet (sets are created before
+    the rules that match them and destroyed after). A rerun converges from any such point."
 requirements:
   - iproute2 (C(ip netns))
   - iptables (C(iptables-save), C(iptables-restore))
@@ -250,11 +249,11 @@ from ansible.module_utils.kube_proxy.model import (
     build_config,
     validate_netns,
 )
-from ansible.module_utils.kube_proxy.node_lock import LockTimeout, node_lock
+from ansible.module_utils.kube_proxy.node_lock import LockTimeout, NamespaceGone, node_lock
 
 NETNS_DIR = "/run/netns"
-# Seconds a run waits for another run on the same node; kube-proxy's own sync at 10,000
-# Services takes minutes on iptables-nft, so the wait allows for one such sync.
+# Seconds a run waits for another run on the same node: long enough for one cold sync of
+# 10,000 Services with iptables-nft's --noflush restore (519 s measured, docs/performance.md).
 DEFAULT_LOCK_TIMEOUT = 600
 # Present while the kernel has IPVS loaded (as a module or built in); without it no
 # namespace can hold a virtual server, so there is nothing to read or clean.
@@ -396,10 +395,17 @@ def run_module(module):
                 msg="network namespace %s does not exist (ip netns list); create the node first, "
                     "e.g. with the lab_node role" % netns, **result)
         # --check before the node exists (a lab not built yet): say what a run on the new,
-        # empty node would install.
+        # empty node would install, after what can be checked without it.
+        if config.mode == "ipvs":
+            load_ipvs(module, config.ipvs_scheduler)
         plan = sync.plan(config, present, sync.Live(iptables_save="", kernel_release=os.uname().release))
         module.warn("network namespace %s does not exist yet: planned against an empty node" % netns)
-        report(module, result, plan, netns)
+        if config.mode == "nftables":
+            module.warn("whether this kernel can hold table ip kube-proxy is checked only once the node exists")
+        backend = iptables.backend_of(module.run_command(["iptables", "--version"])[1])
+        if backend:
+            result["iptables_backend"] = backend
+        return exit_with_plan(module, result, plan, netns)
     if present and config.mode == "ipvs":
         load_ipvs(module, config.ipvs_scheduler)
 
@@ -416,7 +422,7 @@ def run_module(module):
     except LockTimeout:
         module.fail_json(msg="another kube_proxy run held network namespace %s for more than lock_timeout=%d s; "
                              "nothing was changed" % (netns, params["lock_timeout"]), **result)
-    except FileNotFoundError:
+    except NamespaceGone:
         module.fail_json(msg="network namespace %s was deleted while this run waited for it" % netns, **result)
 
     backend = plan.iptables_backend
@@ -425,10 +431,10 @@ def run_module(module):
         backend = iptables.backend_of(node.run("iptables", "--version"))
     if backend:
         result["iptables_backend"] = backend
-    report(module, result, plan, netns)
+    exit_with_plan(module, result, plan, netns)
 
 
-def report(module, result, plan, netns):
+def exit_with_plan(module, result, plan, netns):
     result.update(
         changed=plan.changed,
         rules=plan.rules,

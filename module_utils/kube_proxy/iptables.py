@@ -16,12 +16,10 @@ from .naming import endpoint_chain, service_chain
 
 # kube-proxy formats the mark with %#08x; iptables-save prints it back as 0x4000.
 MASQ_MARK = "0x00004000"
-# kube-proxy writes filter first, then nat: the order of the rendered rules students read.
+# kube-proxy writes filter first, then nat. Each table's COMMIT is atomic, the two are not one
+# transaction; no rule in one table refers to a chain of the other, so a restore killed between
+# them leaves each table whole on its own.
 TABLES = ("filter", "nat")
-# The order a restore commits them in. Each table's COMMIT is atomic, the two are not one
-# transaction: nat first, so an interrupted restore never leaves filter lifting a Service's
-# rejection before nat can DNAT it (filter sees the DNATed destination, never the ClusterIP).
-APPLY_ORDER = ("nat", "filter")
 # Every KUBE-* chain in the node belongs to the module: it plays kube-proxy there, and
 # kube-proxy, too, clears the chains another mode left behind.
 OWNED_CHAIN_PREFIX = "KUBE-"
@@ -476,7 +474,7 @@ def plan(desired: IptablesState, live: LiveState) -> Plan:
     before: Dict[str, Tuple[Dict[str, List[Rule]], Dict[str, List[Rule]]]] = {}
     after: Dict[str, Tuple[Dict[str, List[Rule]], Dict[str, List[Rule]]]] = {}
 
-    for table in APPLY_ORDER:
+    for table in TABLES:
         want = desired[table]
         have = live.tables[table]
         want_chains = {chain: _normalised(rules) for chain, rules in want.chains.items()}

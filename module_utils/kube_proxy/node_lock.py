@@ -19,6 +19,10 @@ class LockTimeout(Exception):
     pass
 
 
+class NamespaceGone(Exception):
+    """The namespace's file is gone: deleted before or while this run waited for it."""
+
+
 def _same_file(fd: int, path: str) -> bool:
     try:
         here, there = os.fstat(fd), os.stat(path)
@@ -34,11 +38,14 @@ def node_lock(path: str, timeout: float, clock: Callable[[], float] = time.monot
 
     A namespace deleted and created anew while this run waited is another file: the lock
     taken on the old one guards nothing, so it is dropped and taken on the new one.
-    Raises FileNotFoundError when ``path`` is gone, LockTimeout when the wait runs out.
+    Raises NamespaceGone when ``path`` is gone, LockTimeout when the wait runs out.
     """
     deadline = clock() + timeout
     while True:
-        fd = os.open(path, os.O_RDONLY)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise NamespaceGone(path)
         try:
             while True:
                 try:

@@ -124,16 +124,34 @@ def test_empty_node_gets_everything_in_one_restore():
     assert "nat/KUBE-SERVICES" in result.changed_chains
 
 
-def test_restore_commits_nat_before_filter():
-    """A Service gaining endpoints must be DNATed before filter lifts its rejection: a restore
-    killed between the two COMMITs then leaves it reachable, not silently unanswered."""
-    gone = iptables.plan(iptables.render(config(NO_ENDPOINTS)), iptables.parse_save(""))
-    back = iptables.plan(iptables.render(config(dict(NO_ENDPOINTS, endpoints=["10.0.0.2"]))),
-                         iptables.parse_save(iptables.restore_text(iptables.render(config(NO_ENDPOINTS)))))
-    for result in (gone, back):
-        tables = [line[1:] for line in result.restore.splitlines() if line.startswith("*")]
-        assert tables == ["nat", "filter"]
-    assert "-A KUBE-SERVICES" not in back.restore.split("*filter")[1]
+def _jumps_land(restore, live_text):
+    """Every KUBE-* target a table's section jumps to exists in that table once it commits."""
+    live = iptables.parse_save(live_text)
+    for section in restore.split("*")[1:]:
+        table, body = section.split("\n", 1)
+        chains = set(live.tables[table].chains)
+        chains |= {line[1:].split()[0] for line in body.splitlines() if line.startswith(":")}
+        chains -= {line.split()[1] for line in body.splitlines() if line.startswith("-X ")}
+        for line in body.splitlines():
+            if line.startswith(("-A ", "-I ")) and " -j KUBE-" in line:
+                target = line.split(" -j ")[1].split()[0]
+                assert target in chains, "%s: %s jumps to a chain the table does not hold" % (table, line)
+
+
+@pytest.mark.parametrize("before, after", [
+    ((), (APP1,)),
+    ((APP1,), (NO_ENDPOINTS,)),
+    ((NO_ENDPOINTS,), (dict(NO_ENDPOINTS, endpoints=["10.0.0.2"]),)),
+    ((APP1, SVC1_AFFINITY), (APP1,)),
+    ((APP1,), ()),
+])
+def test_each_table_of_a_restore_only_jumps_to_chains_it_holds(before, after):
+    """A restore killed between its two COMMITs leaves one table new and one old: neither may
+    hold a rule that jumps to a chain only the other transaction would create."""
+    live_text = iptables.restore_text(iptables.render(config(*before))) if before else ""
+    result = iptables.plan(iptables.render(config(*after)), iptables.parse_save(live_text))
+    assert result.changed
+    _jumps_land(result.restore, live_text)
 
 
 def test_removed_endpoint_rewrites_the_service_and_deletes_its_chain():

@@ -190,10 +190,20 @@ def test_check_mode_on_a_missing_namespace_plans_against_an_empty_node(monkeypat
     outcome = run(monkeypatch, app1_args(), node, check_mode=True, diff=True)
     assert not outcome.failed
     assert outcome.result["changed"] is True
-    assert node.calls == []
+    assert node.commands() == [["iptables", "--version"]]
+    assert outcome.result["iptables_backend"] == "nf_tables"
     assert warnings == ["network namespace lab-node does not exist yet: planned against an empty node"]
     (iptables_diff,) = outcome.result["diff"]
     assert iptables_diff["before"] == "" and "KUBE-SVC-4QFXEAV27BCWXK5E" in iptables_diff["after"]
+
+
+def test_check_mode_before_the_node_exists_still_asks_for_ipvs(monkeypatch, tmp_path):
+    monkeypatch.setattr(kube_proxy_module, "NETNS_DIR", str(tmp_path))
+    node = FakeNode(modprobe=(1, "", "modprobe: FATAL: Module ip_vs not found\n"))
+    outcome = run(monkeypatch, app1_args(mode="ipvs"), node, check_mode=True)
+    assert outcome.failed
+    assert "mode=ipvs needs IPVS" in outcome.result["msg"]
+    assert node.commands() == [["modprobe", "--dry-run", "ip_vs"]]
 
 
 def test_a_run_waits_no_longer_than_lock_timeout(monkeypatch, netns_exists, tmp_path):

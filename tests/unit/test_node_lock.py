@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from kube_proxy.node_lock import LockTimeout, node_lock
+from kube_proxy.node_lock import LockTimeout, NamespaceGone, node_lock
 
 
 def test_a_second_run_waits_for_the_first(tmp_path):
@@ -91,6 +91,6 @@ def test_a_namespace_made_anew_while_waiting_is_locked_afresh(tmp_path):
 
 
 def test_a_deleted_namespace_is_reported(tmp_path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(NamespaceGone):
         with node_lock(str(tmp_path / "gone"), timeout=1):
             pytest.fail("locked a namespace that does not exist")

@@ -1,11 +1,12 @@
 # -*- coding: utf-8 -*-
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
-"""lab_proxy: readiness, the endpoints controller's part between the pods and kube-proxy.
+"""lab_proxy: readiness, the part the kubelet and the EndpointSlice controller play between
+the pods and kube-proxy.
 
-The role probes every endpoint's server (``ip:targetPort``) from the node and hands the
-kube_proxy module only the endpoints that answered, as the EndpointSlice controller
-publishes only ready endpoints.
+The role probes every endpoint's server (``ip:targetPort``) from the node, as the kubelet
+probes a pod, and hands the kube_proxy module only the endpoints that answered: an
+EndpointSlice marks the others ``ready: false``, and kube-proxy leaves them out.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -23,14 +24,15 @@ def _targets(service):
     return ["%s:%s" % (ip, _target_port(service)) for ip in service.get("endpoints") or []]
 
 
-def lab_proxy_probe_targets(services):
-    """Every endpoint's ``ip:targetPort`` once, in the order the Services name them."""
+def lab_proxy_probe_targets(services, assumed_ready=()):
+    """Every endpoint's ``ip:targetPort`` once, in the order the Services name them, but those
+    whose ip is in ``assumed_ready`` (nothing to ask them)."""
     if not isinstance(services, list):
         raise AnsibleFilterError("lab_proxy_probe_targets: lab_proxy_services must be a list, got %r" % (services,))
-    targets = []
-    for service in services:
-        targets.extend(target for target in _targets(service) if target not in targets)
-    return targets
+    skipped = set(assumed_ready or ())
+    targets = [target for service in services
+               for ip, target in zip(service.get("endpoints") or [], _targets(service)) if ip not in skipped]
+    return list(dict.fromkeys(targets))
 
 
 def lab_proxy_ready_services(services, ready_targets, assumed_ready=()):

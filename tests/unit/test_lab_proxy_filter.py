@@ -53,3 +53,7 @@ def test_a_service_left_with_no_endpoint_is_kept_for_its_rejection():
 def test_assumed_ready_addresses_count_without_an_answer():
     (app1,) = ready_services([APP1], ["10.0.0.2:8080"], ["10.0.0.4"])
     assert app1["endpoints"] == ["10.0.0.2", "10.0.0.4"]
+
+
+def test_assumed_ready_endpoints_are_not_probed():
+    assert probe_targets([APP1, APP2], ["10.0.0.3"]) == ["10.0.0.2:8080", "10.0.0.4:8080"]

@@ -53,12 +53,11 @@ def lab():
     return load_lab()
 
 
-def project_env(**overrides):
+def project_env():
     """The environment a student's ansible-playbook runs in: the project's ansible.cfg, plain
     text (molecule forces colour on; the tests read the output's lines)."""
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(PROJECT, "ansible.cfg"), ANSIBLE_NOCOLOR="1")
     env.pop("ANSIBLE_FORCE_COLOR", None)
-    env.update(overrides)
     return env
 
 

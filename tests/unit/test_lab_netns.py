@@ -1,0 +1,171 @@
+"""lab_netns: validation that names the field, the live-state reader, and the planner."""
+
+import json
+
+import pytest
+
+from lab_netns.model import ValidationError, build_topology
+from lab_netns.plan import LiveLink, LiveNamespace, parse_namespace, plan, plan_absent
+
+NODE = dict(
+    name="lab-node",
+    sysctls={"net.ipv4.ip_forward": 1},
+    links=[dict(name="lo"),
+           dict(name="cni0", kind="bridge", addresses=["10.0.0.1/24"]),
+           dict(name="veth-pod1", kind="veth", peer=dict(name="eth0", netns="lab-pod1"), master="cni0", hairpin=True)],
+    routes=[dict(to="10.96.0.0/12", dev="cni0")],
+)
+POD1 = dict(name="lab-pod1", links=[dict(name="lo"), dict(name="eth0", addresses=["10.0.0.2/24"])],
+            routes=[dict(to="default", via="10.0.0.1")])
+
+
+def shown(batches):
+    return [line for batch in batches for line in batch.shown()]
+
+
+def test_an_empty_host_gets_every_command_in_dependency_order():
+    topology = build_topology([POD1, NODE])
+    assert shown(plan(topology, [], {})) == [
+        "ip netns add lab-pod1",
+        "ip netns add lab-node",
+        # the node creates the veth whose peer lands in the pod, so it goes first
+        "ip -n lab-node link add cni0 type bridge",
+        "ip -n lab-node link add veth-pod1 type veth peer name eth0 netns lab-pod1",
+        "ip -n lab-node link set dev veth-pod1 master cni0",
+        "ip -n lab-node link set dev veth-pod1 type bridge_slave hairpin on",
+        "ip -n lab-node address replace 10.0.0.1/24 dev cni0",
+        "ip -n lab-node link set dev lo up",
+        "ip -n lab-node link set dev cni0 up",
+        "ip -n lab-node link set dev veth-pod1 up",
+        "ip -n lab-node route replace 10.96.0.0/12 dev cni0",
+        "ip -n lab-pod1 address replace 10.0.0.2/24 dev eth0",
+        "ip -n lab-pod1 link set dev lo up",
+        "ip -n lab-pod1 link set dev eth0 up",
+        "ip -n lab-pod1 route replace default via 10.0.0.1",
+        "ip netns exec lab-node sysctl -w net.ipv4.ip_forward=1",
+    ]
+
+
+def test_one_process_per_namespace_that_changes():
+    batches = plan(build_topology([NODE, POD1]), [], {})
+    assert [batch.argv for batch in batches] == [
+        ("ip", "-batch", "-"), ("ip", "-n", "lab-node", "-batch", "-"), ("ip", "-n", "lab-pod1", "-batch", "-"),
+        ("ip", "netns", "exec", "lab-node", "sysctl", "-w", "net.ipv4.ip_forward=1")]
+    assert batches[1].input.startswith("link add cni0 type bridge\n")
+
+
+def built_live():
+    return {
+        "lab-node": LiveNamespace(
+            links={"lo": LiveLink("lo", None, None, None, True, ("127.0.0.1/8",)),
+                   "cni0": LiveLink("cni0", "bridge", None, None, True, ("10.0.0.1/24",)),
+                   "veth-pod1": LiveLink("veth-pod1", "veth", "cni0", True, True, ())},
+            routes=[parse_route("10.0.0.0/24", dev="cni0"), parse_route("10.96.0.0/12", dev="cni0")],
+            sysctls={"net.ipv4.ip_forward": "1"}),
+        "lab-pod1": LiveNamespace(
+            links={"lo": LiveLink("lo", None, None, None, True, ("127.0.0.1/8",)),
+                   "eth0": LiveLink("eth0", "veth", None, None, True, ("10.0.0.2/24",))},
+            routes=[parse_route("default", via="10.0.0.1", dev="eth0")]),
+    }
+
+
+def parse_route(to, via=None, dev=None):
+    entry = dict(dst=to, **({"gateway": via} if via else {}), **({"dev": dev} if dev else {}))
+    return parse_namespace(json.dumps([]) + json.dumps([entry])).routes[0]
+
+
+def test_a_built_topology_plans_nothing():
+    assert plan(build_topology([NODE, POD1]), ["lab-node", "lab-pod1"], built_live()) == []
+
+
+def test_only_what_differs_is_written():
+    live = built_live()
+    live["lab-node"].links["veth-pod1"].hairpin = False
+    live["lab-pod1"].links["eth0"].up = False
+    live["lab-node"].sysctls["net.ipv4.ip_forward"] = "0"
+    assert shown(plan(build_topology([NODE, POD1]), ["lab-node", "lab-pod1"], live)) == [
+        "ip -n lab-node link set dev veth-pod1 type bridge_slave hairpin on",
+        "ip -n lab-pod1 link set dev eth0 up",
+        "ip netns exec lab-node sysctl -w net.ipv4.ip_forward=1",
+    ]
+
+
+def test_a_route_via_another_gateway_is_replaced():
+    live = built_live()
+    live["lab-pod1"].routes = [parse_route("default", via="10.0.0.254", dev="eth0")]
+    assert shown(plan(build_topology([NODE, POD1]), ["lab-node", "lab-pod1"], live)) == [
+        "ip -n lab-pod1 route replace default via 10.0.0.1"]
+
+
+def test_absent_deletes_only_the_namespaces_that_exist():
+    assert shown(plan_absent(["lab-pod1", "lab-pod2"], ["lab-node", "lab-pod1"])) == ["ip netns delete lab-pod1"]
+    assert plan_absent(["lab-pod2"], ["lab-node"]) == []
+
+
+IP_BATCH_OUTPUT = json.dumps([
+    {"ifindex": 1, "ifname": "lo", "flags": ["LOOPBACK", "UP", "LOWER_UP"],
+     "addr_info": [{"family": "inet", "local": "127.0.0.1", "prefixlen": 8}]},
+    {"ifindex": 2, "ifname": "cni0", "flags": ["BROADCAST", "MULTICAST", "UP", "LOWER_UP"],
+     "linkinfo": {"info_kind": "bridge", "info_data": {"stp_state": 0}},
+     "addr_info": [{"family": "inet", "local": "10.0.0.1", "prefixlen": 24}]},
+    {"ifindex": 3, "ifname": "veth-pod1", "flags": ["BROADCAST", "MULTICAST"], "master": "cni0",
+     "linkinfo": {"info_kind": "veth", "info_slave_kind": "bridge", "info_slave_data": {"hairpin": True}},
+     "addr_info": []},
+]) + "\n" + json.dumps([
+    {"dst": "10.0.0.0/24", "dev": "cni0", "protocol": "kernel", "scope": "link", "prefsrc": "10.0.0.1", "flags": []},
+]) + "\n"
+
+
+def test_parse_reads_links_addresses_routes_and_sysctls():
+    live = parse_namespace(IP_BATCH_OUTPUT, "net.ipv4.ip_forward = 1\nnet.bridge.bridge-nf-call-iptables = 0\n")
+    assert live.links["cni0"] == LiveLink("cni0", "bridge", None, None, True, ("10.0.0.1/24",))
+    assert live.links["veth-pod1"] == LiveLink("veth-pod1", "veth", "cni0", True, False, ())
+    assert live.links["lo"].kind is None and live.links["lo"].up
+    assert [(route.to, route.dev) for route in live.routes] == [("10.0.0.0/24", "cni0")]
+    assert live.sysctls == {"net.ipv4.ip_forward": "1", "net.bridge.bridge-nf-call-iptables": "0"}
+
+
+def test_parse_wants_both_arrays():
+    with pytest.raises(ValueError, match="two JSON arrays"):
+        parse_namespace(json.dumps([]))
+
+
+@pytest.mark.parametrize("namespaces, field", [
+    ([dict(name="lab node")], "namespaces[0].name"),
+    ([dict(name="lab-node"), dict(name="lab-node")], "namespaces[1].name"),
+    ([dict(name="n", links=[dict(name="veth-with-a-long-name")])], "namespaces[0].links[0].name"),
+    ([dict(name="n", links=[dict(name="br0", kind="vxlan")])], "namespaces[0].links[0].kind"),
+    ([dict(name="n", links=[dict(name="v", kind="veth")])], "namespaces[0].links[0].peer"),
+    ([dict(name="n", links=[dict(name="v", kind="veth", peer=dict(name="eth0", netns="ghost"))])],
+     "namespaces[0].links[0].peer.netns"),
+    ([dict(name="n", links=[dict(name="eth0")])], "namespaces[0].links[0]"),
+    ([dict(name="n", links=[dict(name="v", kind="dummy", master="br0")])], "namespaces[0].links[0].master"),
+    ([dict(name="n", links=[dict(name="v", kind="dummy", hairpin=True)])], "namespaces[0].links[0].hairpin"),
+    ([dict(name="n", links=[dict(name="v", kind="dummy", addresses=["10.0.0.300/24"])])],
+     "namespaces[0].links[0].addresses[0]"),
+    ([dict(name="n", links=[dict(name="v", kind="dummy", addresses=["10.0.0.3"])])],
+     "namespaces[0].links[0].addresses[0]"),
+    ([dict(name="n", routes=[dict(to="10.96.0.0/12", dev="cni0")])], "namespaces[0].routes[0].dev"),
+    ([dict(name="n", routes=[dict(to="somewhere", via="10.0.0.1")])], "namespaces[0].routes[0].to"),
+    ([dict(name="n", routes=[dict(to="default")])], "namespaces[0].routes[0]"),
+    ([dict(name="n", sysctls={"net.ipv4.ip_forward": True})], "namespaces[0].sysctls.net.ipv4.ip_forward"),
+    ([dict(name="n", colour="blue")], "namespaces[0].colour"),
+])
+def test_bad_declarations_name_their_field(namespaces, field):
+    with pytest.raises(ValidationError) as raised:
+        build_topology(namespaces)
+    assert raised.value.field == field
+    assert str(raised.value).startswith(field + ": ")
+
+
+def test_two_veths_cannot_share_a_peer():
+    twice = dict(NODE, links=NODE["links"] + [dict(name="veth-again", kind="veth", peer=dict(name="eth0", netns="lab-pod1"))])
+    with pytest.raises(ValidationError, match="peer of two veths"):
+        build_topology([twice, POD1])
+
+
+def test_veths_that_create_each_other_are_refused():
+    first = dict(name="a", links=[dict(name="to-b", kind="veth", peer=dict(name="from-a", netns="b"))])
+    second = dict(name="b", links=[dict(name="to-a", kind="veth", peer=dict(name="from-b", netns="a"))])
+    with pytest.raises(ValueError, match="cycle"):
+        plan(build_topology([first, second]), [], {})

@@ -27,6 +27,29 @@ BASELINE_FIELDS = ("kernel", "services", "rules", "ansible_iptables_s", "empty_p
                    "module_cold_s", "speedup", "speedup_module")
 
 
+def topology(prefix, pods=POD_IPS, bridge_nf=True):
+    """The lab's shape as the lab_netns module's ``namespaces``, in namespaces named PREFIX*:
+    a node with bridge cni0 10.0.0.1/24 (hairpin ports, forwarding, a route for the Service
+    CIDR), pods pod1.. at ``pods``, and a client 192.168.100.2 routed to the Service CIDR
+    through the node. ``bridge_nf`` sets bridge-nf-call-iptables in the node (only a kernel
+    with br_netfilter loaded has it; the client's routed path does not need it)."""
+    node, client = prefix + "node", prefix + "client"
+    sysctls = {"net.ipv4.ip_forward": 1}
+    if bridge_nf:
+        sysctls["net.bridge.bridge-nf-call-iptables"] = 1
+    pod_names = ["pod%d" % (index + 1) for index in range(len(pods))]
+    node_links = [dict(name="lo"), dict(name="cni0", kind="bridge", addresses=["10.0.0.1/24"]),
+                  dict(name="veth-client", kind="veth", peer=dict(name="eth0", netns=client),
+                       addresses=["192.168.100.1/24"])]
+    node_links += [dict(name="veth-" + name, kind="veth", peer=dict(name="eth0", netns=prefix + name),
+                        master="cni0", hairpin=True) for name in pod_names]
+    return ([dict(name=node, sysctls=sysctls, links=node_links, routes=[dict(to=SERVICE_CIDR, dev="cni0")])]
+            + [dict(name=prefix + name, links=[dict(name="lo"), dict(name="eth0", addresses=[ip + "/24"])],
+                    routes=[dict(to="default", via="10.0.0.1")]) for name, ip in zip(pod_names, pods)]
+            + [dict(name=client, links=[dict(name="lo"), dict(name="eth0", addresses=["192.168.100.2/24"])],
+                    routes=[dict(to=SERVICE_CIDR, via="192.168.100.1")])])
+
+
 def cluster_ips(count, seed=0, cidr=SERVICE_CIDR):
     """count distinct ClusterIPs drawn at random (fixed seed) from cidr, never its network
     or broadcast address, so every run and every N declares the same first services."""

@@ -1,6 +1,7 @@
-"""Run library/kube_proxy.py once, the way Ansible runs a module on a local host.
+"""Run one of the repository's modules once, the way Ansible runs a module on a local host.
 
-    python3 tools/bench_module.py ARGS.json
+    python3 tools/bench_module.py ARGS.json              # library/kube_proxy.py
+    python3 tools/bench_module.py ARGS.json lab_netns    # library/lab_netns.py
 
 Ansible's AnsiballZ wrapper puts the module and its module_utils on the import path and runs
 the module as __main__ with its arguments as JSON; this does the same (module_utils found as
@@ -43,8 +44,9 @@ def main():
     import ansible.module_utils  # pylint: disable=import-outside-toplevel
 
     ansible.module_utils.__path__.append(os.path.join(REPO, "module_utils"))
-    module = os.path.join(REPO, "library", "kube_proxy.py")
-    sys.argv = [module] + sys.argv[1:]
+    args, name = sys.argv[1], (sys.argv[2:] or ["kube_proxy"])[0]
+    module = os.path.join(REPO, "library", name + ".py")
+    sys.argv = [module, args]
     atexit.register(_report_peak)
     runpy.run_path(module, run_name="__main__")
 

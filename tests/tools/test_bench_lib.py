@@ -161,3 +161,30 @@ def test_report_has_one_header_per_field():
 
     assert len(bench_report.SYNC_HEADERS) == len(lib.RESULT_FIELDS)
     assert len(bench_report.BASELINE_HEADERS) == len(lib.BASELINE_FIELDS)
+
+
+def _lab_netns():
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                                    "module_utils"))
+    from lab_netns import model, plan  # pylint: disable=import-outside-toplevel
+    return model, plan
+
+
+def test_the_bench_topology_is_the_labs_shape_in_its_own_namespaces():
+    model, plan = _lab_netns()
+    topology = model.build_topology(lib.topology("kpl-bench-"))
+    lines = [line for batch in plan.plan(topology, [], {}) for line in batch.shown()]
+    assert lines[0] == "ip netns add kpl-bench-node"
+    assert all(" kpl-bench-" in line or line.startswith("ip -n kpl-bench-") for line in lines), lines
+    for expected in ("ip -n kpl-bench-node link add veth-pod3 type veth peer name eth0 netns kpl-bench-pod3",
+                     "ip -n kpl-bench-node link set dev veth-pod1 type bridge_slave hairpin on",
+                     "ip -n kpl-bench-node route replace 10.96.0.0/12 dev cni0",
+                     "ip -n kpl-bench-pod2 address replace 10.0.0.3/24 dev eth0",
+                     "ip -n kpl-bench-client route replace 10.96.0.0/12 via 192.168.100.1",
+                     "ip netns exec kpl-bench-node sysctl -w net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1"):
+        assert expected in lines
+
+
+def test_the_bench_topology_sets_bridge_nf_only_where_asked():
+    sysctls = lib.topology("kpl-bench-", bridge_nf=False)[0]["sysctls"]
+    assert sysctls == {"net.ipv4.ip_forward": 1}

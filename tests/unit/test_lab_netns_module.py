@@ -7,7 +7,7 @@ import pytest
 from ansible.module_utils import basic
 from ansible.module_utils.testing import patch_module_args
 
-from conftest import LIBRARY
+from conftest import LIBRARY, ModuleExit
 from test_lab_netns import IP_BATCH_OUTPUT, NODE, POD1
 
 spec = importlib.util.spec_from_file_location("lab_netns_module", LIBRARY / "lab_netns.py")
@@ -15,22 +15,7 @@ lab_netns_module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(lab_netns_module)
 
 
-class Exit(Exception):
-    def __init__(self, failed, result):
-        super().__init__(result.get("msg", ""))
-        self.failed, self.result = failed, result
-
-
-@pytest.fixture(autouse=True)
-def capture_exit(monkeypatch):
-    def exit_json(self, **result):
-        raise Exit(False, result)
-
-    def fail_json(self, msg, **result):
-        raise Exit(True, dict(result, msg=msg))
-
-    monkeypatch.setattr(basic.AnsibleModule, "exit_json", exit_json)
-    monkeypatch.setattr(basic.AnsibleModule, "fail_json", fail_json)
+pytestmark = pytest.mark.usefixtures("capture_module_exit")
 
 
 class FakeHost:
@@ -61,7 +46,7 @@ def run(monkeypatch, args, host, check_mode=False, diff=False):
     monkeypatch.setattr(basic.AnsibleModule, "run_command", host)
     args = dict(args, _ansible_check_mode=check_mode, _ansible_diff=diff)
     with patch_module_args(args):
-        with pytest.raises(Exit) as caught:
+        with pytest.raises(ModuleExit) as caught:
             lab_netns_module.main()
     return caught.value
 

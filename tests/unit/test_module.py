@@ -9,7 +9,7 @@ import yaml
 from ansible.module_utils import basic
 from ansible.module_utils.testing import patch_module_args
 
-from conftest import FIXTURES, LIBRARY
+from conftest import FIXTURES, LIBRARY, ModuleExit
 from lab_services import APP1
 
 spec = importlib.util.spec_from_file_location("kube_proxy_module", LIBRARY / "kube_proxy.py")
@@ -19,23 +19,7 @@ spec.loader.exec_module(kube_proxy_module)
 LIVE_SAVE = (FIXTURES / "iptables-nft-save.txt").read_text()
 
 
-class Exit(Exception):
-    def __init__(self, failed, result):
-        super().__init__(result.get("msg", ""))
-        self.failed = failed
-        self.result = result
-
-
-@pytest.fixture(autouse=True)
-def capture_exit(monkeypatch):
-    def exit_json(self, **result):
-        raise Exit(False, result)
-
-    def fail_json(self, msg, **result):
-        raise Exit(True, dict(result, msg=msg))
-
-    monkeypatch.setattr(basic.AnsibleModule, "exit_json", exit_json)
-    monkeypatch.setattr(basic.AnsibleModule, "fail_json", fail_json)
+pytestmark = pytest.mark.usefixtures("capture_module_exit")
 
 
 @pytest.fixture
@@ -92,7 +76,7 @@ def run(monkeypatch, args, node, check_mode=False, diff=False):
     if diff:
         args = dict(args, _ansible_diff=True)
     with patch_module_args(args):
-        with pytest.raises(Exit) as caught:
+        with pytest.raises(ModuleExit) as caught:
             kube_proxy_module.main()
     return caught.value
 

@@ -72,11 +72,17 @@ def add_foreign_state(host, node, with_nft):
 
 
 def foreign_state(host, node, with_nft):
-    saved = host.check_output("ip netns exec %s iptables-save", node)
-    found = {line for line in saved.splitlines() if "LAB-FOREIGN" in line and not line.startswith("#")}
+    """The foreign lines in the node, each with its table (filter and nat hold the same ones)."""
+    found, table = set(), None
+    for line in host.check_output("ip netns exec %s iptables-save", node).splitlines():
+        if line.startswith("*"):
+            table = line[1:]
+        elif "LAB-FOREIGN" in line:
+            found.add("%s: %s" % (table, line))
     if with_nft:
-        table = host.run("ip netns exec %s nft list table inet lab-foreign", node)
-        found |= {"nft: " + line.strip() for line in table.stdout.splitlines() if table.rc == 0 and line.strip()}
+        listed = host.run("ip netns exec %s nft list table inet lab-foreign", node)
+        if listed.rc == 0:
+            found |= {"nft: " + line.strip() for line in listed.stdout.splitlines() if line.strip()}
     return found
 
 

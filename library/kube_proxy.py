@@ -387,17 +387,18 @@ def run_module(module):
 
     result = dict(changed=False, mode=config.mode, netns=netns, rules="", changed_chains=[], deleted_chains=[])
     netns_path = os.path.join(NETNS_DIR, netns)
-    if not os.path.exists(netns_path):
-        if not present:
-            module.exit_json(**result)
-        if not module.check_mode:
-            module.fail_json(
-                msg="network namespace %s does not exist (ip netns list); create the node first, "
-                    "e.g. with the lab_node role" % netns, **result)
+    node_exists = os.path.exists(netns_path)
+    if not node_exists and not present:
+        module.exit_json(**result)
+    if not node_exists and not module.check_mode:
+        module.fail_json(
+            msg="network namespace %s does not exist (ip netns list); create the node first, "
+                "e.g. with the lab_node role" % netns, **result)
+    if present and config.mode == "ipvs":
+        load_ipvs(module, config.ipvs_scheduler)
+    if not node_exists:
         # --check before the node exists (a lab not built yet): say what a run on the new,
         # empty node would install, after what can be checked without it.
-        if config.mode == "ipvs":
-            load_ipvs(module, config.ipvs_scheduler)
         plan = sync.plan(config, present, sync.Live(iptables_save="", kernel_release=os.uname().release))
         module.warn("network namespace %s does not exist yet: planned against an empty node" % netns)
         if config.mode == "nftables":
@@ -406,8 +407,6 @@ def run_module(module):
         if backend:
             result["iptables_backend"] = backend
         return exit_with_plan(module, result, plan, netns)
-    if present and config.mode == "ipvs":
-        load_ipvs(module, config.ipvs_scheduler)
 
     node = Node(module, netns)
     if present and config.mode == "nftables":

@@ -23,6 +23,7 @@ scenario=${@: -1}
 echo "node for $scenario on CPU $UML_RUN_CPU"
 sleeper=
 trap 'kill $sleeper 2>/dev/null; echo "node $scenario stopped"; exit 143' TERM
+touch "node-$scenario-listening"
 if [ -n "${FAKE_NODE_SLEEP:-}" ]; then sleep "$FAKE_NODE_SLEEP" & sleeper=$!; wait $sleeper; fi
 seq -f "$scenario line %g" 1 20000
 echo "$scenario LAST LINE"
@@ -38,6 +39,9 @@ FAKE_MOLECULE = r'''#!/usr/bin/env bash
 scenario=${@: -1}
 echo "molecule ran $scenario"
 if [ "${FAKE_NATIVE_FAILS:-}" = "$scenario" ]; then
+  # Fail only once the node listens for TERM: a node killed before its trap is set dies
+  # silently, and the test would then be measuring how fast bash starts, not the script.
+  for _ in $(seq 100); do [ -e "node-$FAKE_NODE_LISTENING-listening" ] && break; sleep 0.1; done
   mkdir -p results
   printf '<testsuites><testsuite><testcase classname="test_y" name="test_native"><failure message="native said no"/></testcase></testsuite></testsuites>' > "results/molecule-$scenario.xml"
   exit 1
@@ -97,7 +101,8 @@ def test_a_failed_node_fails_the_run_and_its_tests_are_named_last(tree):
 
 
 def test_a_native_failure_stops_the_nodes_and_is_named_last(tree):
-    result = run(tree, 'default', 'ipvs', FAKE_NATIVE_FAILS='default', FAKE_NODE_SLEEP='30')
+    result = run(tree, 'default', 'ipvs', FAKE_NATIVE_FAILS='default', FAKE_NODE_SLEEP='30',
+                    FAKE_NODE_LISTENING='ipvs')
     lines = result.stdout.splitlines()
     assert result.returncode == 1
     assert 'run-scenarios: molecule test -s default FAILED' in lines

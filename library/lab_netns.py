@@ -81,6 +81,13 @@ options:
             type: list
             elements: str
             default: []
+          announce:
+            description:
+              - Announce each address this run adds with one unsolicited ARP (C(arping -U)), as
+                the CNI bridge plugin does for a new pod, so neighbours that cached another MAC
+                for the address (a pod removed before) take the new one at once.
+            type: bool
+            default: false
       routes:
         description: Routes in the main table, each replaced when missing or different.
         type: list
@@ -104,15 +111,23 @@ options:
   state:
     description:
       - V(present) builds the namespaces as declared; V(absent) deletes the declared namespaces
-        that exist (stop the processes in them first).
+        that exist; V(query) changes nothing and returns what it read (RV(found)).
     type: str
-    choices: [present, absent]
+    choices: [present, absent, query]
     default: present
+  end_processes:
+    description:
+      - With O(state=absent), first end every process still running in a namespace to delete,
+        by pid (C(ip netns pids)) with SIGTERM, and SIGKILL to any still there after 5 seconds.
+        A namespace deleted with processes in it lives on, unnamed, as long as they do.
+    type: bool
+    default: false
 notes:
   - Supports C(--check) (reports the commands it would run; a namespace that does not exist
     yet reads as empty) and C(--diff) (each namespace's declared parts before and after).
 requirements:
-  - iproute2 (C(ip)) and procps (C(sysctl)) on the target; Python's standard library only.
+  - iproute2 (C(ip)) and procps (C(sysctl)) on the target, iputils-arping for O(namespaces[].links[].announce);
+    Python's standard library only.
 """
 
 EXAMPLES = r"""
@@ -134,9 +149,17 @@ EXAMPLES = r"""
         routes:
           - {to: default, via: 10.0.0.1}
 
-- name: Delete the pod's namespace (its veth goes with it)
+- name: Read the node's links (which veths are ports of the bridge)
+  lab_netns:
+    state: query
+    namespaces:
+      - name: lab-node
+  register: node
+
+- name: Delete the pod's namespace (its veth goes with it), ending its server first
   lab_netns:
     state: absent
+    end_processes: true
     namespaces:
       - name: lab-pod1
 """
@@ -164,13 +187,27 @@ deleted:
   type: list
   elements: str
   sample: []
+found:
+  description:
+    - The links of each declared namespace that existed, as read before any change; a
+      namespace that did not exist is left out.
+  returned: when O(state) is V(present) or V(query)
+  type: dict
+  sample:
+    lab-node:
+      - {name: cni0, kind: bridge, master: null, up: true, addresses: [10.0.0.1/24]}
+      - {name: lo, kind: null, master: null, up: true, addresses: [127.0.0.1/8]}
+      - {name: veth-pod1, kind: veth, master: cni0, up: true, addresses: []}
 """
 
 import json
+import os
+import signal
+import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.lab_netns.model import ValidationError, build_topology
-from ansible.module_utils.lab_netns.plan import READ_BATCH, describe, parse_namespace, plan, plan_absent
+from ansible.module_utils.lab_netns.plan import READ_BATCH, describe, found, parse_namespace, plan, plan_absent
 
 LINK_OPTIONS = dict(
     name=dict(type="str", required=True),
@@ -179,6 +216,7 @@ LINK_OPTIONS = dict(
     master=dict(type="str"),
     hairpin=dict(type="bool"),
     addresses=dict(type="list", elements="str", default=[]),
+    announce=dict(type="bool", default=False),
 )
 ROUTE_OPTIONS = dict(to=dict(type="str", required=True), via=dict(type="str"), dev=dict(type="str"))
 NAMESPACE_OPTIONS = dict(
@@ -189,8 +227,11 @@ NAMESPACE_OPTIONS = dict(
 )
 ARGUMENT_SPEC = dict(
     namespaces=dict(type="list", elements="dict", options=NAMESPACE_OPTIONS, default=[]),
-    state=dict(type="str", choices=["present", "absent"], default="present"),
+    state=dict(type="str", choices=["present", "absent", "query"], default="present"),
+    end_processes=dict(type="bool", default=False),
 )
+# How long processes get between SIGTERM and SIGKILL (the pod server's own stop waits as long).
+END_GRACE_S = 5.0
 
 
 def _drop_unset(value):
@@ -228,36 +269,82 @@ def read_namespace(module, namespace):
     return parse_namespace(batch, sysctls)
 
 
+def _alive(pid):
+    """Whether pid still runs (a zombie has ended: only its parent's wait is missing)."""
+    try:
+        with open("/proc/%d/stat" % pid) as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _signal(pids, signum):
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+
+def end_processes(module, names):
+    """End, by pid, the processes running in each namespace; return the commands that do it."""
+    commands = []
+    for name in names:
+        pids = [int(pid) for pid in run(module, ("ip", "netns", "pids", name)).split()]
+        if not pids:
+            continue
+        commands.append("kill %s  # the processes in %s" % (" ".join(map(str, pids)), name))
+        if module.check_mode:
+            continue
+        _signal(pids, signal.SIGTERM)
+        deadline = time.monotonic() + END_GRACE_S
+        while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stubborn = [pid for pid in pids if _alive(pid)]
+        if stubborn:
+            commands.append("kill -KILL %s  # still in %s after %g s" % (" ".join(map(str, stubborn)), name, END_GRACE_S))
+            _signal(stubborn, signal.SIGKILL)
+    return commands
+
+
 def run_module(module):
     try:
         topology = build_topology(_drop_unset(module.params["namespaces"]))
     except ValidationError as error:
         module.fail_json(msg=str(error), field=error.field)
     existing = existing_namespaces(module)
-    present = module.params["state"] == "present"
-    live = {}
-    if present:
+    state = module.params["state"]
+    present = state == "present"
+    names = [namespace.name for namespace in topology.namespaces]
+    live, commands = {}, []
+    if state in ("present", "query"):
         live = dict((namespace.name, read_namespace(module, namespace))
                     for namespace in topology.namespaces if namespace.name in existing)
+    if present:
         try:
             batches = plan(topology, existing, live)
         except ValueError as error:
             module.fail_json(msg=str(error))
+    elif state == "absent":
+        batches = plan_absent(names, existing)
+        if module.params["end_processes"]:
+            commands = end_processes(module, [name for name in names if name in existing])
     else:
-        batches = plan_absent([namespace.name for namespace in topology.namespaces], existing)
+        batches = []
 
     if not module.check_mode:
         for batch in batches:
             run(module, batch.argv, data=batch.input)
 
-    names = [namespace.name for namespace in topology.namespaces]
     result = dict(
-        changed=bool(batches),
-        commands=[line for batch in batches for line in batch.shown()],
+        changed=bool(batches or commands),
+        commands=commands + [line for batch in batches for line in batch.shown()],
         created=[name for name in names if present and name not in existing],
-        deleted=[name for name in names if not present and name in existing],
+        deleted=[name for name in names if state == "absent" and name in existing],
     )
-    if module._diff:
+    if state != "absent":
+        result["found"] = dict((name, found(namespace)) for name, namespace in live.items())
+    if module._diff and state != "query":
         result["diff"] = []
         for namespace in topology.namespaces:
             before, after = describe(namespace, live.get(namespace.name) if namespace.name in existing else None)

@@ -36,6 +36,7 @@ class Link:
     master: Optional[str] = None         # a bridge in the same namespace
     hairpin: Optional[bool] = None       # bridge port's hairpin mode; None leaves it as it is
     addresses: Tuple[str, ...] = ()      # "ip/prefix", IPv4
+    announce: bool = False               # gratuitous ARP for each address a run adds
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,7 @@ def _route(where: str, raw: Any) -> Route:
 
 def _link(where: str, raw: Any) -> Link:
     raw = _mapping(where, raw)
-    _known(where, raw, ("name", "kind", "peer", "master", "hairpin", "addresses"))
+    _known(where, raw, ("name", "kind", "peer", "master", "hairpin", "addresses", "announce"))
     name = _link_name(where + ".name", raw.get("name"))
     kind = raw.get("kind")
     if kind is not None and kind not in KINDS:
@@ -145,8 +146,11 @@ def _link(where: str, raw: Any) -> Link:
         raise ValidationError(where + ".hairpin", "is a bridge port's setting: give the link a master")
     addresses = tuple(_interface("%s.addresses[%d]" % (where, index), address)
                       for index, address in enumerate(_list(where + ".addresses", raw.get("addresses"))))
+    announce = raw.get("announce", False)
+    if not isinstance(announce, bool):
+        raise ValidationError(where + ".announce", "must be true or false, got %r" % (announce,))
     return Link(name=name, kind=kind, peer_name=peer_name, peer_netns=peer_netns, master=master,
-                hairpin=hairpin, addresses=addresses)
+                hairpin=hairpin, addresses=addresses, announce=announce)
 
 
 def _namespace(where: str, raw: Any) -> Namespace:

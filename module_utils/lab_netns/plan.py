@@ -4,7 +4,8 @@ to the declared one.
 The plan is ordered the way the kernel needs it: namespaces first (``ip netns add``); then
 each namespace's ``ip -batch`` in an order where a veth's creator comes before the namespace
 its peer lands in (that peer is configured by its own namespace's batch); within a batch,
-links are created, enslaved, given hairpin, addresses, brought up, then routed; sysctls last.
+links are created, enslaved, given hairpin, addresses, brought up, then routed; then sysctls,
+and last the gratuitous ARPs announcing addresses just added (the link must be up).
 Only what differs is written: a second run with the same declaration plans nothing.
 
 Like the roles it replaces, the plan only adds and fixes: addresses, routes and links the
@@ -163,18 +164,41 @@ def plan(topology: Topology, existing: Sequence[str], live: Dict[str, LiveNamesp
     missing = [namespace.name for namespace in topology.namespaces if namespace.name not in existing]
     if missing:
         batches.append(Batch(None, ("ip", "-batch", "-"), tuple("netns add %s" % name for name in missing)))
+    announcements: List[Batch] = []
     for namespace in _creation_order(topology):
         have = live.get(namespace.name, LiveNamespace())
         lines = _link_lines(namespace, have)
         lines += [_route_line(route) for route in namespace.routes if not _route_matches(route, have.routes)]
         if lines:
             batches.append(Batch(namespace.name, ("ip", "-n", namespace.name, "-batch", "-"), tuple(lines)))
+        announcements += _announcements(namespace, have)
     for namespace in topology.namespaces:
         have = live.get(namespace.name, LiveNamespace())
         differing = ["%s=%s" % (key, value) for key, value in namespace.sysctls if have.sysctls.get(key) != value]
         if differing:
             batches.append(Batch(namespace.name, ("ip", "netns", "exec", namespace.name, "sysctl", "-w") + tuple(differing)))
-    return batches
+    return batches + announcements
+
+
+def _announcements(namespace: Namespace, live: LiveNamespace) -> List[Batch]:
+    """An address given to a new link may have been another's before (a pod removed, then a new
+    pod at its address): its neighbours still cache the old MAC and take seconds to find it
+    gone. Like the CNI bridge plugin, announce each added address once (unsolicited ARP),
+    which every neighbour takes over at once."""
+    announcements = []
+    for link in namespace.links:
+        have = live.links.get(link.name)
+        for address in link.addresses:
+            if link.announce and (have is None or address not in have.addresses):
+                announcements.append(Batch(namespace.name, ("ip", "netns", "exec", namespace.name, "arping", "-U",
+                                                            "-c", "1", "-I", link.name, address.split("/")[0])))
+    return announcements
+
+
+def found(live: LiveNamespace) -> List[Dict[str, object]]:
+    """A namespace's links as read, for the module's result (``found``), sorted by name."""
+    return [dict(name=link.name, kind=link.kind, master=link.master, up=link.up, addresses=list(link.addresses))
+            for _name, link in sorted(live.links.items())]
 
 
 def plan_absent(names: Sequence[str], existing: Sequence[str]) -> List[Batch]:

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from lab_netns.model import ValidationError, build_topology
-from lab_netns.plan import LiveLink, LiveNamespace, parse_namespace, plan, plan_absent
+from lab_netns.plan import LiveLink, LiveNamespace, found, parse_namespace, plan, plan_absent
 
 NODE = dict(
     name="lab-node",
@@ -169,3 +169,30 @@ def test_veths_that_create_each_other_are_refused():
     second = dict(name="b", links=[dict(name="to-a", kind="veth", peer=dict(name="from-b", netns="a"))])
     with pytest.raises(ValueError, match="cycle"):
         plan(build_topology([first, second]), [], {})
+
+
+ANNOUNCED_POD = dict(POD1, links=[dict(name="lo"), dict(name="eth0", addresses=["10.0.0.2/24"], announce=True)])
+
+
+def test_an_announced_address_is_announced_once_after_everything_else_when_added():
+    lines = shown(plan(build_topology([NODE, ANNOUNCED_POD]), [], {}))
+    assert lines[-1] == "ip netns exec lab-pod1 arping -U -c 1 -I eth0 10.0.0.2"
+    assert lines.index("ip -n lab-pod1 link set dev eth0 up") < len(lines) - 1
+    assert sum("arping" in line for line in lines) == 1
+
+
+def test_an_address_already_there_is_not_announced_again():
+    live = built_live()
+    assert shown(plan(build_topology([NODE, ANNOUNCED_POD]), ["lab-node", "lab-pod1"], live)) == []
+
+
+def test_announce_must_be_a_boolean():
+    with pytest.raises(ValidationError) as caught:
+        build_topology([NODE, dict(ANNOUNCED_POD, links=[dict(name="eth0", announce="yes")])])
+    assert caught.value.field == "namespaces[1].links[0].announce"
+
+
+def test_found_lists_the_links_as_read_sorted_by_name():
+    assert found(built_live()["lab-node"])[-1] == dict(name="veth-pod1", kind="veth", master="cni0", up=True,
+                                                          addresses=[])
+    assert [link["name"] for link in found(built_live()["lab-node"])] == sorted(built_live()["lab-node"].links)

@@ -21,8 +21,9 @@ pytestmark = pytest.mark.usefixtures("capture_module_exit")
 class FakeHost:
     """Answers run_command like a host whose namespaces are ``existing``, each read as ``batch``."""
 
-    def __init__(self, existing=(), batch=IP_BATCH_OUTPUT, fail=None):
+    def __init__(self, existing=(), batch=IP_BATCH_OUTPUT, fail=None, pids=None):
         self.existing, self.batch, self.fail, self.calls = list(existing), batch, fail, []
+        self.pids = pids or {}
 
     def __call__(self, argv, data=None, binary_data=False, **_kwargs):
         self.calls.append((argv, data))
@@ -34,12 +35,14 @@ class FakeHost:
             return 0, self.batch, ""
         if argv[-1:] == ["net.ipv4.ip_forward"]:
             return 0, "net.ipv4.ip_forward = 0\n", ""
+        if argv[:3] == ["ip", "netns", "pids"]:
+            return 0, "".join("%d\n" % pid for pid in self.pids.get(argv[3], [])), ""
         return 0, "", ""
 
     def writes(self):
         return [(argv, data) for argv, data in self.calls
-                if argv[:3] != ["ip", "-json", "netns"] and data != lab_netns_module.READ_BATCH
-                and argv[-2:] != ["sysctl", "net.ipv4.ip_forward"]]
+                if argv[:3] not in (["ip", "-json", "netns"], ["ip", "netns", "pids"])
+                and data != lab_netns_module.READ_BATCH and argv[-2:] != ["sysctl", "net.ipv4.ip_forward"]]
 
 
 def run(monkeypatch, args, host, check_mode=False, diff=False):
@@ -101,6 +104,52 @@ def test_absent_deletes_the_declared_namespaces_that_exist(monkeypatch):
     outcome = run(monkeypatch, dict(state="absent", namespaces=[dict(name="lab-pod1"), dict(name="lab-pod9")]), host)
     assert outcome.result["deleted"] == ["lab-pod1"]
     assert host.writes() == [(["ip", "-batch", "-"], "netns delete lab-pod1\n")]
+
+
+def test_query_returns_the_links_read_and_changes_nothing(monkeypatch):
+    host = FakeHost(existing=["lab-node"])
+    outcome = run(monkeypatch, dict(state="query", namespaces=[dict(name="lab-node"), dict(name="lab-pod9")]), host)
+    assert not outcome.result["changed"] and host.writes() == [] and outcome.result["commands"] == []
+    assert list(outcome.result["found"]) == ["lab-node"]
+    assert "veth-pod1" in [link["name"] for link in outcome.result["found"]["lab-node"]]
+
+
+class FakeProcesses:
+    """os.kill and the liveness check: pids in ``stubborn`` ignore SIGTERM."""
+
+    def __init__(self, monkeypatch, stubborn=()):
+        self.alive, self.stubborn, self.signals = set(), set(stubborn), []
+        monkeypatch.setattr(lab_netns_module.os, "kill", self.kill)
+        monkeypatch.setattr(lab_netns_module, "_alive", lambda pid: pid in self.alive)
+        monkeypatch.setattr(lab_netns_module, "END_GRACE_S", 0.2)
+
+    def kill(self, pid, signum):
+        self.signals.append((pid, signum))
+        if signum == lab_netns_module.signal.SIGKILL or pid not in self.stubborn:
+            self.alive.discard(pid)
+
+
+def test_end_processes_ends_them_by_pid_before_the_namespace_goes(monkeypatch):
+    processes = FakeProcesses(monkeypatch, stubborn=[41])
+    processes.alive.update([40, 41])
+    host = FakeHost(existing=["lab-pod1"], pids={"lab-pod1": [40, 41]})
+    outcome = run(monkeypatch, dict(state="absent", end_processes=True, namespaces=[dict(name="lab-pod1")]), host)
+    term, kill = lab_netns_module.signal.SIGTERM, lab_netns_module.signal.SIGKILL
+    assert processes.signals == [(40, term), (41, term), (41, kill)]
+    assert outcome.result["commands"] == ["kill 40 41  # the processes in lab-pod1",
+                                          "kill -KILL 41  # still in lab-pod1 after 0.2 s",
+                                          "ip netns delete lab-pod1"]
+    assert host.writes() == [(["ip", "-batch", "-"], "netns delete lab-pod1\n")]
+
+
+def test_end_processes_in_check_mode_names_them_and_ends_none(monkeypatch):
+    processes = FakeProcesses(monkeypatch)
+    processes.alive.add(40)
+    host = FakeHost(existing=["lab-pod1"], pids={"lab-pod1": [40]})
+    outcome = run(monkeypatch, dict(state="absent", end_processes=True, namespaces=[dict(name="lab-pod1")]), host,
+                  check_mode=True)
+    assert processes.signals == [] and host.writes() == []
+    assert outcome.result["changed"] and outcome.result["commands"][0] == "kill 40  # the processes in lab-pod1"
 
 
 def test_documentation_matches_argument_spec():

@@ -38,3 +38,49 @@ def test_zero_pods():
 def test_impossible_requests_fail_with_a_message(count, address):
     with pytest.raises(AnsibleFilterError, match="lab_pods"):
         lab_pods(count, address)
+
+
+FILTERS = lab_pods_filter.FilterModule().filters()
+WIRING = dict(node_netns="lab-node", bridge="cni0", netns_prefix="lab-", veth_prefix="veth-",
+              prefix_length="24", gateway="10.0.0.1")
+
+
+def test_each_pod_is_a_namespace_plugged_into_the_bridge():
+    namespaces = FILTERS["lab_pods_namespaces"](lab_pods(2, "10.0.0.1/24"), **WIRING)
+    assert namespaces[0] == dict(name="lab-node", links=[
+        dict(name="cni0", kind="bridge"),
+        dict(name="veth-pod1", kind="veth", peer=dict(name="eth0", netns="lab-pod1"), master="cni0", hairpin=True),
+        dict(name="veth-pod2", kind="veth", peer=dict(name="eth0", netns="lab-pod2"), master="cni0", hairpin=True),
+    ])
+    assert namespaces[2] == dict(name="lab-pod2", links=[
+        dict(name="lo"), dict(name="eth0", addresses=["10.0.0.3/24"], announce=True)],
+        routes=[dict(to="default", via="10.0.0.1")])
+
+
+def test_the_wiring_is_a_topology_the_lab_netns_module_accepts():
+    from lab_netns.model import build_topology  # pylint: disable=import-outside-toplevel
+
+    topology = build_topology(FILTERS["lab_pods_namespaces"](lab_pods(3, "10.0.0.1/24"), **WIRING))
+    assert [namespace.name for namespace in topology.namespaces] == ["lab-node", "lab-pod1", "lab-pod2", "lab-pod3"]
+
+
+def test_hairpin_off_may_come_as_a_string_from_extra_vars():
+    namespaces = FILTERS["lab_pods_namespaces"](lab_pods(1, "10.0.0.1/24"), hairpin="false", **WIRING)
+    assert namespaces[0]["links"][1]["hairpin"] is False
+
+
+def test_a_veth_name_the_kernel_cannot_hold_names_the_knobs_to_shorten():
+    with pytest.raises(AnsibleFilterError, match=r"veth-a-long-podname .* shorten the pod names or lab_pods_veth_prefix"):
+        FILTERS["lab_pods_namespaces"]([dict(name="a-long-podname", ip="10.0.0.2")], **WIRING)
+
+
+def test_unplugged_pods_are_bridge_ports_named_like_a_pod_but_not_declared():
+    found = [dict(name="cni0", kind="bridge", master=None), dict(name="veth-client", kind="veth", master=None),
+             dict(name="veth-pod1", kind="veth", master="cni0"), dict(name="veth-pod5", kind="veth", master="cni0"),
+             dict(name="veth-pod4", kind="veth", master="cni0"), dict(name="other", kind="veth", master="cni0")]
+    assert FILTERS["lab_pods_unplugged"](found, "cni0", "veth-", lab_pods(3, "10.0.0.1/24")) == ["pod4", "pod5"]
+    assert FILTERS["lab_pods_unplugged"](None, "cni0", "veth-", []) == []
+
+
+def test_pods_to_delete_are_namespaces_by_name():
+    assert FILTERS["lab_pods_netns"](["pod4", "pod5"], "lab-") == [dict(name="lab-pod4"), dict(name="lab-pod5")]

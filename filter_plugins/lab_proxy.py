@@ -35,6 +35,31 @@ def lab_proxy_probe_targets(services, assumed_ready=()):
     return list(dict.fromkeys(targets))
 
 
+# curl prints one line per URL, answered or not: the URL as given and the HTTP status (000:
+# no answer: refused, unreachable or timed out).
+PROBE_WRITE_OUT = "%{url} %{http_code}\n"
+
+
+def lab_proxy_probe_argv(targets, netns, timeout):
+    """One curl, inside the node, that probes every ``ip:port`` in TARGETS at once
+    (``--parallel``): a dead endpoint costs the probe timeout once, not once per endpoint."""
+    argv = ["ip", "netns", "exec", netns, "curl", "--silent", "--no-progress-meter", "--parallel",
+            "--max-time", str(timeout), "--write-out", PROBE_WRITE_OUT]
+    for target in targets:
+        argv += ["--output", "/dev/null", "http://%s/" % target]
+    return argv
+
+
+def lab_proxy_answered(probe_output):
+    """The ``ip:port`` targets that answered, from the output of lab_proxy_probe_argv's curl."""
+    answered = []
+    for line in (probe_output or "").splitlines():
+        url, _space, status = line.rpartition(" ")
+        if url.startswith("http://") and status.isdigit() and status != "000":
+            answered.append(url[len("http://"):].rstrip("/"))
+    return answered
+
+
 def lab_proxy_ready_services(services, ready_targets, assumed_ready=()):
     """The Services with only the endpoints whose ``ip:targetPort`` answered, or whose ip is
     in ``assumed_ready`` (in --check, the pods the run would start), left in.
@@ -52,4 +77,5 @@ def lab_proxy_ready_services(services, ready_targets, assumed_ready=()):
 
 class FilterModule(object):
     def filters(self):
-        return dict(lab_proxy_probe_targets=lab_proxy_probe_targets, lab_proxy_ready_services=lab_proxy_ready_services)
+        return dict(lab_proxy_probe_targets=lab_proxy_probe_targets, lab_proxy_probe_argv=lab_proxy_probe_argv,
+                    lab_proxy_answered=lab_proxy_answered, lab_proxy_ready_services=lab_proxy_ready_services)

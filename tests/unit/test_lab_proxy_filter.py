@@ -57,3 +57,45 @@ def test_assumed_ready_addresses_count_without_an_answer():
 
 def test_assumed_ready_endpoints_are_not_probed():
     assert probe_targets([APP1, APP2], ["10.0.0.3"]) == ["10.0.0.2:8080", "10.0.0.4:8080"]
+
+
+def test_one_curl_probes_every_target_inside_the_node():
+    argv = FILTERS["lab_proxy_probe_argv"](["10.0.0.2:8080", "10.0.0.3:8080"], "lab-node", 1)
+    assert argv[:5] == ["ip", "netns", "exec", "lab-node", "curl"]
+    assert "--parallel" in argv and argv[argv.index("--max-time") + 1] == "1"
+    assert argv[-6:] == ["--output", "/dev/null", "http://10.0.0.2:8080/", "--output", "/dev/null", "http://10.0.0.3:8080/"]
+
+
+def test_the_targets_that_answered_are_read_from_curls_own_output():
+    """The probe's curl, run for real on loopback (outside any lab namespace), against one port
+    that answers and one that refuses: its --write-out lines are what lab_proxy_answered reads."""
+    import shutil  # pylint: disable=import-outside-toplevel
+    import socket  # pylint: disable=import-outside-toplevel
+    import subprocess  # pylint: disable=import-outside-toplevel
+    import threading  # pylint: disable=import-outside-toplevel
+    from http.server import BaseHTTPRequestHandler, HTTPServer  # pylint: disable=import-outside-toplevel
+
+    if shutil.which("curl") is None:
+        pytest.fail("curl is missing: make packages installs it")
+
+    class Answer(BaseHTTPRequestHandler):
+        def do_GET(self):  # pylint: disable=invalid-name
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *_args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        refused = "127.0.0.1:%d" % closed.getsockname()[1]
+    answering = "127.0.0.1:%d" % server.server_address[1]
+    try:
+        argv = FILTERS["lab_proxy_probe_argv"]([answering, refused], "unused", 2)
+        output = subprocess.run(argv[4:], stdout=subprocess.PIPE, text=True, timeout=20, check=False).stdout
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert FILTERS["lab_proxy_answered"](output) == [answering]

@@ -80,9 +80,10 @@ options:
   state:
     description:
       - V(present) installs the rendered state; V(absent) removes everything the module owns
-        in the namespace, whatever the mode.
+        in the namespace, whatever the mode; V(query) changes nothing and returns the mode
+        the node runs (RV(running_mode)).
     type: str
-    choices: [present, absent]
+    choices: [present, absent, query]
     default: present
   services:
     description:
@@ -199,6 +200,14 @@ mode:
   returned: always
   type: str
   sample: iptables
+running_mode:
+  description:
+    - With O(state=query), the mode whose state the node holds, told by what only that mode
+      leaves (table ip kube-proxy, the kube-ipvs0 device, KUBE-SERVICES in nat without either);
+      null when kube-proxy has programmed nothing there or the namespace does not exist.
+  returned: when O(state=query)
+  type: str
+  sample: ipvs
 netns:
   description: The node's network namespace.
   returned: always
@@ -388,6 +397,8 @@ def run_module(module):
     result = dict(changed=False, mode=config.mode, netns=netns, rules="", changed_chains=[], deleted_chains=[])
     netns_path = os.path.join(NETNS_DIR, netns)
     node_exists = os.path.exists(netns_path)
+    if params["state"] == "query":
+        return query(module, result, netns_path if node_exists else None, netns)
     if not node_exists and not present:
         module.exit_json(**result)
     if not node_exists and not module.check_mode:
@@ -431,6 +442,25 @@ def run_module(module):
     if backend:
         result["iptables_backend"] = backend
     exit_with_plan(module, result, plan, netns)
+
+
+def query(module, result, netns_path, netns):
+    """state=query: the mode the node runs, read under the lock (never halfway through a sync)."""
+    running = None
+    if netns_path is not None:
+        node = Node(module, netns)
+        try:
+            with node_lock(netns_path, module.params["lock_timeout"]):
+                live = read_live(module, node, None, False)
+            running = sync.running_mode(live)
+            result["iptables_backend"] = (iptables.parse_save(live.iptables_save).backend
+                                          or iptables.backend_of(node.run("iptables", "--version")))
+        except LockTimeout:
+            module.fail_json(msg="another kube_proxy run held network namespace %s for more than lock_timeout=%d s"
+                                 % (netns, module.params["lock_timeout"]), **result)
+        except NamespaceGone:
+            pass  # deleted while this run waited: it runs nothing
+    module.exit_json(running_mode=running, **result)
 
 
 def exit_with_plan(module, result, plan, netns):

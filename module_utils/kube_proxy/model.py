@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 MODES = ("iptables", "ipvs", "nftables")
-STATES = ("present", "absent")
+STATES = ("present", "absent", "query")
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 AFFINITIES = ("None", "ClientIP")
 IPVS_SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "sh", "dh", "sed", "nq", "mh")

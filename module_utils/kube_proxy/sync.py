@@ -70,6 +70,19 @@ class SyncPlan:
         return any(step.commands for step in self.steps)
 
 
+def running_mode(live: Live) -> Optional[str]:
+    """The mode whose state the node holds, told by what only that mode leaves: the nftables
+    table, the IPVS dummy device kube-ipvs0, or (the iptables mode's) KUBE-SERVICES chain
+    in nat without either. None: kube-proxy has programmed nothing here."""
+    if live.nft_table is not None:
+        return "nftables"
+    if live.ipvs_device is not None:
+        return "ipvs"
+    if iptables.KUBE_SERVICES in iptables.parse_save(live.iptables_save).tables["nat"].chains:
+        return "iptables"
+    return None
+
+
 def _lines(lines: List[str]) -> str:
     return "\n".join(lines) + ("\n" if lines else "")
 

@@ -337,3 +337,28 @@ def test_examples_and_return_are_valid_yaml():
     returned = yaml.safe_load(kube_proxy_module.RETURN)
     assert {"rules", "changed_chains", "deleted_chains", "mode", "netns"} <= set(returned)
     json.dumps(returned)
+
+
+WRITERS = ("iptables-restore", "ipset restore", "ipvsadm -R", "nft -f", "ip -batch", "sysctl -w", "modprobe")
+
+
+def test_query_tells_the_running_mode_and_writes_nothing(monkeypatch, netns_exists):
+    node = FakeNode(save=LIVE_SAVE)
+    outcome = run(monkeypatch, dict(netns="lab-node", state="query"), node)
+    assert not outcome.failed and outcome.result["changed"] is False
+    assert outcome.result["running_mode"] == "iptables"
+    assert outcome.result["iptables_backend"] == "nf_tables"
+    commands = [" ".join(argv[4:] if argv[:3] == ["ip", "netns", "exec"] else argv) for argv, _data in node.calls]
+    assert not [command for command in commands if command.startswith(WRITERS)], commands
+
+
+def test_query_of_a_node_with_kube_ipvs0_says_ipvs(monkeypatch, netns_exists):
+    node = FakeNode(save=LIVE_SAVE, **{"ip -o": (0, "5: kube-ipvs0    inet 10.96.0.10/32 scope global kube-ipvs0\n", "")})
+    assert run(monkeypatch, dict(netns="lab-node", state="query"), node).result["running_mode"] == "ipvs"
+
+
+def test_query_of_a_missing_node_says_none(monkeypatch, tmp_path):
+    monkeypatch.setattr(kube_proxy_module, "NETNS_DIR", str(tmp_path))
+    node = FakeNode()
+    outcome = run(monkeypatch, dict(netns="lab-node", state="query"), node)
+    assert not outcome.failed and outcome.result["running_mode"] is None and node.calls == []

@@ -8,6 +8,7 @@ import io
 import ipaddress
 import math
 import random
+import re
 
 SERVICE_CIDR = "10.96.0.0/12"
 # The lab's pods (roles/lab_pods): the bench's pods have the same addresses.
@@ -139,6 +140,18 @@ def predicted_seconds(previous, count):
         return None
     size, seconds = previous
     return seconds * (count / float(size)) ** (2 if size >= 1000 else 1)
+
+
+# One row of lab.csv: ansible-playbook lab.yml as a student runs it, medians of a few rounds.
+LAB_FIELDS = ("kernel", "mode", "rounds", "ping_s", "cold_s", "noop_s", "noop_changed", "teardown_s")
+
+
+def recap_changed(output):
+    """The changed= count of ansible-playbook's PLAY RECAP line for localhost."""
+    found = re.search(r"^localhost\s*:.*\bchanged=(\d+)", output, re.MULTILINE)
+    if not found:
+        raise ValueError("no PLAY RECAP line for localhost in the output")
+    return int(found.group(1))
 
 
 def to_csv(rows, fields):

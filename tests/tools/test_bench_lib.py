@@ -188,3 +188,26 @@ def test_the_bench_topology_is_the_labs_shape_in_its_own_namespaces():
 def test_the_bench_topology_sets_bridge_nf_only_where_asked():
     sysctls = lib.topology("kpl-bench-", bridge_nf=False)[0]["sysctls"]
     assert sysctls == {"net.ipv4.ip_forward": 1}
+
+
+RECAP = """PLAY RECAP *********************************************************************
+localhost                  : ok=17   changed=0    unreachable=0    failed=0    skipped=16   rescued=0    ignored=0
+"""
+
+
+def test_the_lab_row_reads_changed_from_the_play_recap():
+    assert lib.recap_changed("TASK [x] ***\nok: [localhost]\n\n" + RECAP) == 0
+    assert lib.recap_changed(RECAP.replace("changed=0", "changed=7")) == 7
+
+
+def test_a_run_without_a_recap_is_an_error_not_a_zero():
+    with pytest.raises(ValueError):
+        lib.recap_changed("ERROR! the playbook could not be found\n")
+
+
+def test_lab_rows_round_trip_through_the_csv():
+    row = dict(kernel="native 6.18", mode="iptables", rounds=3, ping_s=1.0, cold_s=11.5, noop_s=8.0,
+               noop_changed=0, teardown_s=7.0)
+    text = lib.to_csv([row], lib.LAB_FIELDS)
+    assert lib.from_csv(text)[0]["cold_s"] == "11.5"
+    assert lib.to_csv(lib.from_csv(text), lib.LAB_FIELDS) == text

@@ -73,3 +73,13 @@ def test_cleanup_returns_what_it_could_not_remove(monkeypatch, capsys):
     monkeypatch.setattr(bench, "kill_namespace_processes", lambda name: None)
     assert bench.cleanup() == ["kpl-bench-pod1"]
     assert "could not remove namespace kpl-bench-pod1: Device or resource busy" in capsys.readouterr().out
+
+
+def test_the_lab_part_refuses_to_touch_a_lab_that_is_up(monkeypatch):
+    bench = load_bench()
+    ran = []
+    monkeypatch.setattr(bench, "existing_namespaces", lambda: ["lab-client", "lab-node"])
+    monkeypatch.setattr(bench, "run", lambda argv, **_kwargs: ran.append(argv))
+    with pytest.raises(RuntimeError, match="a lab is up .*make teardown"):
+        bench.measure_lab("iptables", 1)
+    assert ran == []

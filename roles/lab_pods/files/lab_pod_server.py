@@ -9,13 +9,18 @@ Service picked and whether the source was masqueraded.
     lab_pod_server.py restart --name pod1 --port 8080 --pidfile P --logfile L
     lab_pod_server.py status  --pidfile P
     lab_pod_server.py stop    --pidfile P
+    lab_pod_server.py start-pods|restart-pods --run-dir D --netns-prefix lab- --port 8080 pod1 pod2 ...
 
 ``start`` is idempotent: when the pidfile names a live process whose command line
 (/proc/<pid>/cmdline) is this server with this pidfile and the same name, port and log, it
 prints ``running pid N`` and changes nothing; a server with other settings is replaced and a
 stale pidfile is removed. It prints ``started pid N`` only once the daemon listens and its
 pidfile is written; ``stop`` sends SIGTERM to the pid (SIGKILL after 5 s) and waits. Run it inside the pod's namespace (``ip netns exec lab-pod1 python3 …``): the
-daemon keeps the namespace it was started in.
+daemon keeps the namespace it was started in. ``start-pods`` does ``start`` (``restart-pods``:
+``restart``) for each pod named, inside its namespace (PREFIX + name), with its pidfile and log
+in the run directory (D/pod1.pid, D/pod1.log): one process for the whole lab instead of one
+Ansible task run per pod. It prints each pod's line prefixed with its name and tries every pod
+before it fails.
 """
 
 import argparse
@@ -23,6 +28,7 @@ import http.server
 import os
 import signal
 import socketserver
+import subprocess
 import sys
 import time
 
@@ -191,6 +197,33 @@ def stop(pidfile, timeout=5.0):
     return pid
 
 
+def start_pods(argv):
+    """start-pods / restart-pods: each pod's start inside its namespace; the exit status is
+    the first failure's, after every pod was tried."""
+    cli = argparse.ArgumentParser(prog=f"{SCRIPT} start-pods")
+    cli.add_argument("action", choices=["start-pods", "restart-pods"])
+    cli.add_argument("--run-dir", required=True, help="absolute path: pidfiles and logs")
+    cli.add_argument("--netns-prefix", required=True, help="a pod's namespace is this + its name")
+    cli.add_argument("--port", type=int, default=8080)
+    cli.add_argument("pods", nargs="+", metavar="NAME")
+    args = cli.parse_args(argv)
+    if not os.path.isabs(args.run_dir):
+        cli.error("--run-dir must be an absolute path (the pidfiles in it identify the daemons)")
+    status = 0
+    for name in args.pods:
+        command = ["ip", "netns", "exec", args.netns_prefix + name, sys.executable, os.path.abspath(__file__),
+                   args.action[:-len("-pods")], "--name", name, "--port", str(args.port),
+                   "--pidfile", os.path.join(args.run_dir, name + ".pid"),
+                   "--logfile", os.path.join(args.run_dir, name + ".log")]
+        result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, check=False)
+        for line in result.stdout.splitlines():
+            print(f"{name}: {line}")
+        for line in result.stderr.splitlines():
+            print(f"{name}: {line}", file=sys.stderr)
+        status = status or result.returncode
+    return status
+
+
 def parser():
     result = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     result.add_argument("action", choices=["start", "restart", "status", "stop"])
@@ -206,6 +239,9 @@ def settings(args):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["start-pods"], ["restart-pods"]):
+        return start_pods(argv)
     cli = parser()
     args = cli.parse_args(argv)
     if not os.path.isabs(args.pidfile):

@@ -9,18 +9,16 @@ Service picked and whether the source was masqueraded.
     lab_pod_server.py restart --name pod1 --port 8080 --pidfile P --logfile L
     lab_pod_server.py status  --pidfile P
     lab_pod_server.py stop    --pidfile P
-    lab_pod_server.py start-pods|restart-pods --run-dir D --netns-prefix lab- --port 8080 pod1 pod2 ...
 
 ``start`` is idempotent: when the pidfile names a live process whose command line
 (/proc/<pid>/cmdline) is this server with this pidfile and the same name, port and log, it
 prints ``running pid N`` and changes nothing; a server with other settings is replaced and a
 stale pidfile is removed. It prints ``started pid N`` only once the daemon listens and its
 pidfile is written; ``stop`` sends SIGTERM to the pid (SIGKILL after 5 s) and waits. Run it inside the pod's namespace (``ip netns exec lab-pod1 python3 …``): the
-daemon keeps the namespace it was started in. ``start-pods`` does ``start`` (``restart-pods``:
-``restart``) for each pod named, inside its namespace (PREFIX + name), with its pidfile and log
-in the run directory (D/pod1.pid, D/pod1.log): one process for the whole lab instead of one
-Ansible task run per pod. It prints each pod's line prefixed with its name and tries every pod
-before it fails.
+daemon keeps the namespace it was started in.
+
+The lab_pods role installs it with the lab_pod_servers module, which imports it from here
+(its helpers tell a running server's settings) and writes it to RUN_DIR/lab_pod_server.py.
 """
 
 import argparse
@@ -28,11 +26,12 @@ import http.server
 import os
 import signal
 import socketserver
-import subprocess
 import sys
 import time
 
-SCRIPT = os.path.basename(__file__)
+# The name it runs under (lab_pods installs it as RUN_DIR/lab_pod_server.py): a process is
+# told to be this server by it, also by the lab_pod_servers module, which imports this file.
+SCRIPT = "lab_pod_server.py"
 
 
 def read_pid(pidfile):
@@ -197,33 +196,6 @@ def stop(pidfile, timeout=5.0):
     return pid
 
 
-def start_pods(argv):
-    """start-pods / restart-pods: each pod's start inside its namespace; the exit status is
-    the first failure's, after every pod was tried."""
-    cli = argparse.ArgumentParser(prog=f"{SCRIPT} start-pods")
-    cli.add_argument("action", choices=["start-pods", "restart-pods"])
-    cli.add_argument("--run-dir", required=True, help="absolute path: pidfiles and logs")
-    cli.add_argument("--netns-prefix", required=True, help="a pod's namespace is this + its name")
-    cli.add_argument("--port", type=int, default=8080)
-    cli.add_argument("pods", nargs="+", metavar="NAME")
-    args = cli.parse_args(argv)
-    if not os.path.isabs(args.run_dir):
-        cli.error("--run-dir must be an absolute path (the pidfiles in it identify the daemons)")
-    status = 0
-    for name in args.pods:
-        command = ["ip", "netns", "exec", args.netns_prefix + name, sys.executable, os.path.abspath(__file__),
-                   args.action[:-len("-pods")], "--name", name, "--port", str(args.port),
-                   "--pidfile", os.path.join(args.run_dir, name + ".pid"),
-                   "--logfile", os.path.join(args.run_dir, name + ".log")]
-        result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, check=False)
-        for line in result.stdout.splitlines():
-            print(f"{name}: {line}")
-        for line in result.stderr.splitlines():
-            print(f"{name}: {line}", file=sys.stderr)
-        status = status or result.returncode
-    return status
-
-
 def parser():
     result = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     result.add_argument("action", choices=["start", "restart", "status", "stop"])
@@ -238,10 +210,16 @@ def settings(args):
     return (args.name, args.port, args.logfile)
 
 
+def running_with(pidfile, name, port, logfile):
+    """The pid of the live server behind pidfile when it runs with these settings, else None."""
+    pid = running_pid(pidfile)
+    if pid is None:
+        return None
+    running, _ = parser().parse_known_args(server_argv(pid, pidfile) or [])
+    return pid if settings(running) == (name, port, logfile) else None
+
+
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] in (["start-pods"], ["restart-pods"]):
-        return start_pods(argv)
     cli = parser()
     args = cli.parse_args(argv)
     if not os.path.isabs(args.pidfile):
@@ -260,8 +238,7 @@ def main(argv=None):
     note = ""
     pid = running_pid(args.pidfile)
     if pid and args.action == "start":
-        running, _ = cli.parse_known_args(server_argv(pid, args.pidfile) or [])
-        if settings(running) == settings(args):
+        if running_with(args.pidfile, *settings(args)) == pid:
             print(f"running pid {pid}")
             return 0
         note = f" (replaced pid {pid}, which ran with other settings)"

@@ -1,0 +1,138 @@
+"""library/lab_pod_servers.py: installs the pod server, starts only what does not run as
+declared, leaves held pods alone (run_command and the server's process checks patched)."""
+
+import importlib.util
+import inspect
+
+import pytest
+from ansible.module_utils import basic
+from ansible.module_utils.lab_pods import server
+from ansible.module_utils.testing import patch_module_args
+
+from conftest import LIBRARY, ModuleExit
+
+spec = importlib.util.spec_from_file_location("lab_pod_servers_module", LIBRARY / "lab_pod_servers.py")
+lab_pod_servers = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(lab_pod_servers)
+
+pytestmark = pytest.mark.usefixtures("capture_module_exit")
+PODS = ["pod1", "pod2", "pod3"]
+
+
+class Servers:
+    """The pods whose server runs (with the declared settings, or ``other`` ones), and the
+    commands the module ran."""
+
+    def __init__(self, monkeypatch, running=(), other=()):
+        self.running, self.other, self.calls = set(running), set(other), []
+        monkeypatch.setattr(basic.AnsibleModule, "run_command", self.run_command)
+        monkeypatch.setattr(server, "running_pid", self.running_pid)
+        monkeypatch.setattr(server, "running_with", self.running_with)
+
+    @staticmethod
+    def _pod(pidfile):
+        return pidfile.rsplit("/", 1)[1][:-len(".pid")]
+
+    def running_pid(self, pidfile):
+        return 100 if self._pod(pidfile) in self.running | self.other else None
+
+    def running_with(self, pidfile, name, port, logfile):
+        assert pidfile.endswith("/%s.pid" % name) and logfile.endswith("/%s.log" % name) and port == 8080
+        return 100 if name in self.running else None
+
+    def run_command(self, argv, **_kwargs):
+        self.calls.append(argv)
+        return 0, "started pid 200\n", ""
+
+    def actions(self):
+        return [(argv[3], argv[6]) for argv in self.calls]
+
+
+def run(args, check_mode=False):
+    with patch_module_args(dict(args, _ansible_check_mode=check_mode)):
+        with pytest.raises(ModuleExit) as caught:
+            lab_pod_servers.main()
+    return caught.value
+
+
+def installed(run_dir):
+    (run_dir / "lab_pod_server.py").write_text(inspect.getsource(server))
+
+
+def test_a_new_lab_gets_the_script_and_every_server(monkeypatch, tmp_path):
+    servers = Servers(monkeypatch)
+    run_dir = tmp_path / "run"
+    outcome = run(dict(pods=PODS, run_dir=str(run_dir), python="/usr/bin/python3"))
+    assert outcome.result["changed"] and outcome.result["serving"] == PODS
+    assert (run_dir / "lab_pod_server.py").read_text() == inspect.getsource(server)
+    assert servers.actions() == [("lab-pod1", "start"), ("lab-pod2", "start"), ("lab-pod3", "start")]
+    assert servers.calls[0] == ["ip", "netns", "exec", "lab-pod1", "/usr/bin/python3", str(run_dir / "lab_pod_server.py"),
+                                "start", "--name", "pod1", "--port", "8080", "--pidfile", str(run_dir / "pod1.pid"),
+                                "--logfile", str(run_dir / "pod1.log")]
+    assert outcome.result["commands"] == [" ".join(argv) for argv in servers.calls]
+
+
+def test_servers_running_as_declared_start_nothing(monkeypatch, tmp_path):
+    installed(tmp_path)
+    servers = Servers(monkeypatch, running=PODS)
+    outcome = run(dict(pods=PODS, run_dir=str(tmp_path)))
+    assert not outcome.result["changed"] and servers.calls == [] and outcome.result["commands"] == []
+
+
+def test_only_the_missing_or_differently_started_servers_are_started(monkeypatch, tmp_path):
+    installed(tmp_path)
+    servers = Servers(monkeypatch, running=["pod1"], other=["pod2"])
+    outcome = run(dict(pods=PODS, run_dir=str(tmp_path)))
+    # The server's own start replaces one that runs with other settings.
+    assert servers.actions() == [("lab-pod2", "start"), ("lab-pod3", "start")]
+    assert outcome.result["started"] == ["pod2", "pod3"]
+
+
+def test_a_new_script_restarts_the_running_servers(monkeypatch, tmp_path):
+    (tmp_path / "lab_pod_server.py").write_text("# an older version\n")
+    servers = Servers(monkeypatch, running=["pod1", "pod2"])
+    run(dict(pods=PODS, run_dir=str(tmp_path)))
+    assert servers.actions() == [("lab-pod1", "restart"), ("lab-pod2", "restart"), ("lab-pod3", "start")]
+    assert (tmp_path / "lab_pod_server.py").read_text() == inspect.getsource(server)
+
+
+def test_a_held_pod_is_neither_started_nor_serving(monkeypatch, tmp_path):
+    installed(tmp_path)
+    (tmp_path / "pod2.stopped").touch()
+    servers = Servers(monkeypatch)
+    outcome = run(dict(pods=PODS, run_dir=str(tmp_path)))
+    assert outcome.result["held"] == ["pod2"] and outcome.result["serving"] == ["pod1", "pod3"]
+    assert servers.actions() == [("lab-pod1", "start"), ("lab-pod3", "start")]
+
+
+def test_check_mode_says_what_it_would_start_and_writes_nothing(monkeypatch, tmp_path):
+    servers = Servers(monkeypatch)
+    (tmp_path / "pod3.stopped").touch()
+    outcome = run(dict(pods=PODS, run_dir=str(tmp_path)), check_mode=True)
+    assert outcome.result["changed"] and servers.calls == [] and not (tmp_path / "lab_pod_server.py").exists()
+    assert outcome.result["started"] == ["pod1", "pod2"] and outcome.result["serving"] == ["pod1", "pod2"]
+
+
+def test_a_server_that_does_not_start_fails_naming_its_pod(monkeypatch, tmp_path):
+    installed(tmp_path)
+    Servers(monkeypatch)
+    monkeypatch.setattr(basic.AnsibleModule, "run_command",
+                        lambda self, argv, **_kw: (1, "", "pod1: cannot listen on port 8080: Address in use\n"))
+    outcome = run(dict(pods=PODS, run_dir=str(tmp_path)))
+    assert outcome.failed and outcome.result["msg"].startswith("the server of pod pod1 did not start: pod1: cannot listen")
+
+
+def test_a_relative_run_dir_is_refused_by_name(monkeypatch):
+    servers = Servers(monkeypatch)
+    outcome = run(dict(pods=PODS, run_dir="run"))
+    assert outcome.failed and outcome.result["field"] == "run_dir" and servers.calls == []
+
+
+def test_documentation_matches_argument_spec():
+    import yaml  # pylint: disable=import-outside-toplevel
+
+    yaml.safe_load(lab_pod_servers.EXAMPLES)
+    assert set(yaml.safe_load(lab_pod_servers.RETURN)) == {"serving", "held", "started", "commands"}
+    documented = yaml.safe_load(lab_pod_servers.DOCUMENTATION)["options"]
+    assert {name: option["type"] for name, option in documented.items()} == \
+        {name: option["type"] for name, option in lab_pod_servers.ARGUMENT_SPEC.items()}

@@ -113,25 +113,29 @@ ARGUMENT_SPEC = dict(
 )
 
 
+def pod_file(run_dir, name, suffix):
+    """A pod's pidfile (pid), log (log) or hold marker (stopped) in the run directory."""
+    return os.path.join(run_dir, "%s.%s" % (name, suffix))
+
+
 def start_argv(params, python, script, name, action):
     run_dir = params["run_dir"]
     return ["ip", "netns", "exec", params["netns_prefix"] + name, python, script, action, "--name", name,
-            "--port", str(params["port"]), "--pidfile", os.path.join(run_dir, name + ".pid"),
-            "--logfile", os.path.join(run_dir, name + ".log")]
+            "--port", str(params["port"]), "--pidfile", pod_file(run_dir, name, "pid"),
+            "--logfile", pod_file(run_dir, name, "log")]
 
 
 def plan(params, script_changed):
     """(held, serving, starts): starts are (name, action) for each server to (re)start."""
     run_dir = params["run_dir"]
-    held = [name for name in params["pods"] if os.path.exists(os.path.join(run_dir, name + ".stopped"))]
+    held = [name for name in params["pods"] if os.path.exists(pod_file(run_dir, name, "stopped"))]
     serving = [name for name in params["pods"] if name not in held]
     starts = []
     for name in serving:
-        pidfile = os.path.join(run_dir, name + ".pid")
-        logfile = os.path.join(run_dir, name + ".log")
-        if script_changed and server.running_pid(pidfile):
-            starts.append((name, "restart"))
-        elif server.running_with(pidfile, name, params["port"], logfile) is None:
+        pidfile = pod_file(run_dir, name, "pid")
+        if script_changed:
+            starts.append((name, "restart" if server.running_pid(pidfile) else "start"))
+        elif server.running_with(pidfile, name, params["port"], pod_file(run_dir, name, "log")) is None:
             starts.append((name, "start"))
     return held, serving, starts
 

@@ -62,7 +62,7 @@ def lab_proxy_answered(probe_output):
 
 def lab_proxy_ready_services(services, ready_targets, assumed_ready=()):
     """The Services with only the endpoints whose ``ip:targetPort`` answered, or whose ip is
-    in ``assumed_ready`` (in --check, the pods the run would start), left in.
+    in ``assumed_ready`` (the pods the kubelet's probe found ready), left in.
 
     A Service left with none keeps its entry, so kube-proxy programs its "has no endpoints"
     rejection instead of forgetting the Service.

@@ -21,7 +21,8 @@ description:
     alone (the kernel adds some of its own); with O(state=absent) it deletes whole namespaces,
     and their links go with them.
   - Every command runs inside a declared namespace (C(ip -n NETNS), C(ip netns exec NETNS));
-    in the root namespace it only adds and deletes namespaces (C(ip netns add/delete)).
+    in the root namespace it only adds and deletes namespaces (C(ip netns add/delete)); beyond
+    them it only loads the kernel modules of O(kernel_modules).
   - The result's RV(commands) are the exact commands it ran, or in check mode would run, one
     line each as a person would type them, so a student sees how a node is built.
 version_added: "1.1.0"
@@ -115,6 +116,25 @@ options:
     type: str
     choices: [present, absent, query]
     default: present
+  kernel_modules:
+    description:
+      - Kernel modules loaded (C(modprobe NAME)) before anything else, each only when its
+        O(kernel_modules[].present_if) path is missing (a module built in or already loaded is
+        left alone). Some sysctls exist only once their module is loaded (C(net.bridge.*) comes
+        with C(br_netfilter)). Loading a module is the one change outside the namespaces.
+      - Only with O(state=present); in check mode they are listed in RV(commands), not loaded.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      name:
+        description: The module's name, as modprobe takes it.
+        type: str
+        required: true
+      present_if:
+        description: An absolute path that exists once the module is loaded or built in.
+        type: str
+        required: true
   end_processes:
     description:
       - With O(state=absent), first end every process still running in a namespace to delete,
@@ -149,6 +169,14 @@ EXAMPLES = r"""
         routes:
           - {to: default, via: 10.0.0.1}
 
+- name: br_netfilter loaded unless built in, then the node with its bridge sysctls
+  lab_netns:
+    kernel_modules:
+      - {name: br_netfilter, present_if: /proc/sys/net/bridge/bridge-nf-call-iptables}
+    namespaces:
+      - name: lab-node
+        sysctls: {net.bridge.bridge-nf-call-iptables: 1}
+
 - name: Read the node's links (which veths are ports of the bridge)
   lab_netns:
     state: query
@@ -171,6 +199,7 @@ commands:
   type: list
   elements: str
   sample:
+    - modprobe br_netfilter
     - ip netns add lab-pod1
     - ip -n lab-node link add veth-pod1 type veth peer name eth0 netns lab-pod1
     - ip -n lab-node link set dev veth-pod1 master cni0
@@ -225,8 +254,10 @@ NAMESPACE_OPTIONS = dict(
     routes=dict(type="list", elements="dict", options=ROUTE_OPTIONS, default=[]),
     sysctls=dict(type="dict", default={}),
 )
+KERNEL_MODULE_OPTIONS = dict(name=dict(type="str", required=True), present_if=dict(type="str", required=True))
 ARGUMENT_SPEC = dict(
     namespaces=dict(type="list", elements="dict", options=NAMESPACE_OPTIONS, default=[]),
+    kernel_modules=dict(type="list", elements="dict", options=KERNEL_MODULE_OPTIONS, default=[]),
     state=dict(type="str", choices=["present", "absent", "query"], default="present"),
     end_processes=dict(type="bool", default=False),
 )
@@ -249,6 +280,22 @@ def run(module, argv, data=None):
         module.fail_json(msg="%s failed: %s" % (" ".join(argv), (stderr or stdout).strip()),
                          cmd=list(argv), stdin=data, rc=rc, stdout=stdout, stderr=stderr)
     return stdout
+
+
+def load_kernel_modules(module, kernel_modules):
+    """modprobe each module whose present_if path is missing; return the commands that do it."""
+    for index, kernel_module in enumerate(kernel_modules):
+        if not kernel_module["name"] or kernel_module["name"].startswith("-"):
+            module.fail_json(msg="kernel_modules[%d].name: %r is not a module name" % (index, kernel_module["name"]),
+                             field="kernel_modules[%d].name" % index)
+        if not os.path.isabs(kernel_module["present_if"]):
+            module.fail_json(msg="kernel_modules[%d].present_if must be an absolute path, got %r"
+                                 % (index, kernel_module["present_if"]), field="kernel_modules[%d].present_if" % index)
+    missing = [kernel_module["name"] for kernel_module in kernel_modules if not os.path.exists(kernel_module["present_if"])]
+    if not module.check_mode:
+        for name in missing:
+            run(module, ("modprobe", name))
+    return ["modprobe %s" % name for name in missing]
 
 
 def existing_namespaces(module):
@@ -312,11 +359,13 @@ def run_module(module):
         topology = build_topology(_drop_unset(module.params["namespaces"]))
     except ValidationError as error:
         module.fail_json(msg=str(error), field=error.field)
-    existing = existing_namespaces(module)
     state = module.params["state"]
     present = state == "present"
+    # Before the namespaces are read: a module's sysctls exist only once it is loaded.
+    commands = load_kernel_modules(module, module.params["kernel_modules"]) if present else []
+    existing = existing_namespaces(module)
     names = [namespace.name for namespace in topology.namespaces]
-    live, commands = {}, []
+    live = {}
     if state in ("present", "query"):
         live = dict((namespace.name, read_namespace(module, namespace))
                     for namespace in topology.namespaces if namespace.name in existing)
@@ -328,7 +377,7 @@ def run_module(module):
     elif state == "absent":
         batches = plan_absent(names, existing)
         if module.params["end_processes"]:
-            commands = end_processes(module, [name for name in names if name in existing])
+            commands += end_processes(module, [name for name in names if name in existing])
     else:
         batches = []
 

@@ -23,6 +23,12 @@ description:
     line is this server with the same name, port and log) is left alone, so a run where everything
     runs starts no process. A server with other settings is replaced; a new version of the script
     restarts every server.
+  - With O(probe), it then probes every serving pod's server from the node, as the kubelet runs a
+    pod's readiness probe, all at once (one C(curl --parallel) inside O(probe.netns)), and returns the
+    pods that answered as RV(ready).
+  - With O(state=absent) it ends every server it knows of, those of O(pods) and those with a
+    pidfile in O(run_dir), each by the pid in its pidfile (SIGTERM, SIGKILL after 5 seconds), and
+    deletes O(run_dir) with everything in it.
   - The result's RV(commands) are the commands it ran (in check mode, would run), one per line.
 version_added: "1.1.0"
 author:
@@ -48,10 +54,35 @@ options:
   python:
     description: The Python that runs the servers; by default the one running this module.
     type: str
+  probe:
+    description:
+      - Probe the servers once they run (with O(state=present)); unset, nothing is probed.
+    type: dict
+    suboptions:
+      netns:
+        description: The namespace the probe runs in (the node, where the kubelet runs).
+        type: str
+        required: true
+      addresses:
+        description: Each pod's address, by name; a serving pod without one counts as not ready.
+        type: dict
+        required: true
+      timeout:
+        description: Seconds a server may take to answer before its pod counts as not ready.
+        type: int
+        default: 1
+  state:
+    description:
+      - V(present) keeps the servers running (all but those held down); V(absent) ends them all
+        and deletes O(run_dir).
+    type: str
+    choices: [present, absent]
+    default: present
 notes:
-  - Supports C(--check) (says what it would install and start; RV(serving) is right in check mode too).
+  - Supports C(--check) (says what it would install and start; RV(serving) is right in check mode
+    too, and so is RV(ready), where a server the run would start counts as ready and the others are probed).
 requirements:
-  - iproute2 (C(ip netns exec)) on the target; Python's standard library only.
+  - iproute2 (C(ip netns exec)) on the target, curl for O(probe); Python's standard library only.
 """
 
 EXAMPLES = r"""
@@ -61,32 +92,61 @@ EXAMPLES = r"""
     netns_prefix: lab-
     port: 8080
     run_dir: /run/kube-proxy-lab
+    probe:
+      netns: lab-node
+      addresses: {pod1: 10.0.0.2, pod2: 10.0.0.3, pod3: 10.0.0.4}
   register: servers
 
 - name: The pods that serve
   ansible.builtin.debug:
     msg: "{{ servers.serving }}"
+
+- name: No server running, no run directory
+  lab_pod_servers:
+    state: absent
+    pods: [pod1, pod2, pod3]
+    run_dir: /run/kube-proxy-lab
 """
 
 RETURN = r"""
 serving:
   description: The pods whose server runs after this run (would, in check mode), all but those held down.
-  returned: always
+  returned: when O(state) is V(present)
+  type: list
+  elements: str
+  sample: [pod1, pod3]
+ready:
+  description: The serving pods whose server answered the probe (in check mode, would be running and answering).
+  returned: when O(probe) is set and O(state) is V(present)
   type: list
   elements: str
   sample: [pod1, pod3]
 held:
   description: The pods held down (C(NAME.stopped) in O(run_dir)).
-  returned: always
+  returned: when O(state) is V(present)
   type: list
   elements: str
   sample: [pod2]
 started:
   description: The pods whose server was started or restarted (would be, in check mode).
-  returned: always
+  returned: when O(state) is V(present)
   type: list
   elements: str
   sample: [pod1]
+stopped:
+  description: The pods whose server was ended (would be, in check mode).
+  returned: when O(state) is V(absent)
+  type: list
+  elements: str
+  sample: [pod1, pod2]
+found:
+  description:
+    - The pods O(run_dir) held a pidfile, log or hold marker of, as read before any change
+      (with O(pods), every pod a teardown has to look for).
+  returned: when O(state) is V(absent)
+  type: list
+  elements: str
+  sample: [pod1, pod2, pod3, pod4]
 commands:
   description: The commands run (in check mode, that would run), one per line.
   returned: always
@@ -99,7 +159,10 @@ commands:
 
 import inspect
 import os
+import shutil
+import signal
 import sys
+import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.lab_pods import server
@@ -110,7 +173,17 @@ ARGUMENT_SPEC = dict(
     port=dict(type="int", default=8080),
     run_dir=dict(type="path", default="/run/kube-proxy-lab"),
     python=dict(type="str"),
+    probe=dict(type="dict", options=dict(netns=dict(type="str", required=True),
+                                         addresses=dict(type="dict", required=True),
+                                         timeout=dict(type="int", default=1))),
+    state=dict(type="str", choices=["present", "absent"], default="present"),
 )
+# curl prints one line per URL, answered or not: the URL and the HTTP status (000: no answer).
+PROBE_WRITE_OUT = "%{url} %{http_code}\n"
+# How long a server gets between SIGTERM and SIGKILL (as the server's own stop).
+END_GRACE_S = 5.0
+# The files a pod has in the run directory (pod_file's suffixes).
+POD_FILE_SUFFIXES = ("pid", "log", "stopped")
 
 
 def pod_file(run_dir, name, suffix):
@@ -140,6 +213,82 @@ def plan(params, script_changed):
     return held, serving, starts
 
 
+def probe_argv(probe, names):
+    """One curl inside probe's namespace asking every pod's server at once, so that a dead one
+    costs the timeout once."""
+    argv = ["ip", "netns", "exec", probe["netns"], "curl", "--silent", "--parallel",
+            "--max-time", str(probe["timeout"]), "--write-out", PROBE_WRITE_OUT]
+    for name in names:
+        argv += ["--output", os.devnull, probe_url(probe, name)]
+    return argv
+
+
+def probe_url(probe, name):
+    return "http://%s:%s/" % (probe["addresses"][name], probe["port"])
+
+
+def ready_pods(module, probe, serving, starting):
+    """The serving pods whose server answers; in check mode those the run would start count as
+    ready (nothing runs to ask yet)."""
+    assumed = set(starting) if module.check_mode else set()
+    asked = [name for name in serving if name not in assumed and name in probe["addresses"]]
+    answered = set()
+    if asked:
+        _rc, stdout, _stderr = module.run_command(probe_argv(probe, asked))
+        for line in stdout.splitlines():
+            url, _space, status = line.rpartition(" ")
+            if status.isdigit() and status != "000":
+                answered.add(url)
+    return [name for name in serving if name in assumed or (name in asked and probe_url(probe, name) in answered)]
+
+
+def pods_in_run_dir(run_dir):
+    """The pods the run directory holds a pidfile, log or hold marker of."""
+    try:
+        entries = os.listdir(run_dir)
+    except OSError:
+        return []
+    return sorted(set(name for name, _dot, suffix in (entry.rpartition(".") for entry in entries)
+                      if name and suffix in POD_FILE_SUFFIXES))
+
+
+def stop_all(servers, grace=END_GRACE_S):
+    """End the servers, given as (pid, pidfile), all at once: SIGTERM, SIGKILL to any still up
+    after grace seconds (one after the other, a teardown would wait for each in turn)."""
+    for pid, _pidfile in servers:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while True:
+        up = [(pid, pidfile) for pid, pidfile in servers if server.is_server(pid, pidfile)]
+        if not up:
+            return
+        if time.monotonic() > deadline:
+            for pid, _pidfile in up:
+                os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + grace
+        time.sleep(0.05)
+
+
+def remove_all(module, params):
+    """state=absent: every known server ended by its pidfile, then the run directory deleted."""
+    run_dir = params["run_dir"]
+    found = pods_in_run_dir(run_dir)
+    running = [(name, server.running_pid(pod_file(run_dir, name, "pid")))
+               for name in sorted(set(params["pods"]) | set(found))]
+    running = [(name, pid) for name, pid in running if pid is not None]
+    commands = ["kill %d  # the server of pod %s, by %s" % (pid, name, pod_file(run_dir, name, "pid"))
+                for name, pid in running]
+    if os.path.lexists(run_dir):
+        commands.append("rm -r %s" % run_dir)
+    if not module.check_mode:
+        stop_all([(pid, pod_file(run_dir, name, "pid")) for name, pid in running])
+        if os.path.isdir(run_dir) and not os.path.islink(run_dir):
+            shutil.rmtree(run_dir)
+        elif os.path.lexists(run_dir):
+            os.unlink(run_dir)
+    module.exit_json(changed=bool(commands), stopped=[name for name, _pid in running], found=found, commands=commands)
+
+
 def run_module(module):
     params = module.params
     run_dir = params["run_dir"]
@@ -149,6 +298,11 @@ def run_module(module):
     bad = [name for name in params["pods"] if not name or "/" in name]
     if bad:
         module.fail_json(msg="pods: %r is not a pod name" % bad[0], field="pods")
+    if params["probe"] and params["probe"]["timeout"] < 1:
+        module.fail_json(msg="probe.timeout must be 1 second or more, got %d" % params["probe"]["timeout"],
+                         field="probe.timeout")
+    if params["state"] == "absent":
+        remove_all(module, params)
     python = params["python"] or sys.executable
     script = os.path.join(run_dir, server.SCRIPT)
     source = inspect.getsource(server)
@@ -176,6 +330,9 @@ def run_module(module):
 
     result = dict(changed=bool(script_changed or starts), serving=serving, held=held,
                   started=[name for name, _action in starts], commands=commands)
+    if params["probe"]:
+        probe = dict(params["probe"], port=params["port"])
+        result["ready"] = ready_pods(module, probe, serving, [name for name, _action in starts])
     module.exit_json(**result)
 
 

@@ -152,6 +152,35 @@ def test_end_processes_in_check_mode_names_them_and_ends_none(monkeypatch):
     assert outcome.result["changed"] and outcome.result["commands"][0] == "kill 40  # the processes in lab-pod1"
 
 
+def test_kernel_modules_load_first_and_only_when_missing(monkeypatch, tmp_path):
+    (tmp_path / "loaded").touch()
+    kernel_modules = [dict(name="br_netfilter", present_if=str(tmp_path / "missing")),
+                      dict(name="ip_vs", present_if=str(tmp_path / "loaded"))]
+    host = FakeHost(existing=["lab-node"])
+    outcome = run(monkeypatch, dict(kernel_modules=kernel_modules, namespaces=[NODE, POD1]), host)
+    assert host.calls[0] == (["modprobe", "br_netfilter"], None), "loaded after the namespaces were read"
+    assert [argv for argv, _data in host.calls if argv[0] == "modprobe"] == [["modprobe", "br_netfilter"]]
+    assert outcome.result["changed"] and outcome.result["commands"][0] == "modprobe br_netfilter"
+
+
+def test_kernel_modules_in_check_mode_are_listed_not_loaded(monkeypatch, tmp_path):
+    host = FakeHost()
+    outcome = run(monkeypatch, dict(kernel_modules=[dict(name="br_netfilter", present_if=str(tmp_path / "missing"))]),
+                  host, check_mode=True)
+    assert host.writes() == []
+    assert outcome.result["changed"] and outcome.result["commands"] == ["modprobe br_netfilter"]
+
+
+@pytest.mark.parametrize("kernel_module, field", [
+    (dict(name="-a", present_if="/proc/x"), "kernel_modules[0].name"),
+    (dict(name="br_netfilter", present_if="proc/sys"), "kernel_modules[0].present_if"),
+])
+def test_a_bad_kernel_module_is_refused_by_field(monkeypatch, kernel_module, field):
+    host = FakeHost()
+    outcome = run(monkeypatch, dict(kernel_modules=[kernel_module]), host)
+    assert outcome.failed and outcome.result["field"] == field and host.calls == []
+
+
 def test_documentation_matches_argument_spec():
     import yaml  # pylint: disable=import-outside-toplevel
 

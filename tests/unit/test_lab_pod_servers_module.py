@@ -128,11 +128,108 @@ def test_a_relative_run_dir_is_refused_by_name(monkeypatch):
     assert outcome.failed and outcome.result["field"] == "run_dir" and servers.calls == []
 
 
+def test_absent_ends_every_known_server_by_its_pidfile_and_deletes_the_run_dir(monkeypatch, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    installed(run_dir)
+    for name in ("pod1.pid", "pod4.pid", "pod4.log", "pod5.stopped"):
+        (run_dir / name).write_text("100\n")
+    servers = Servers(monkeypatch, running=["pod1", "pod2", "pod4"])
+    stopped = []
+    monkeypatch.setattr(lab_pod_servers, "stop_all", stopped.extend)
+    outcome = run(dict(state="absent", pods=PODS, run_dir=str(run_dir)))
+    assert outcome.result["found"] == ["pod1", "pod4", "pod5"]
+    assert outcome.result["stopped"] == ["pod1", "pod2", "pod4"]
+    assert stopped == [(100, str(run_dir / name)) for name in ("pod1.pid", "pod2.pid", "pod4.pid")]
+    assert outcome.result["changed"] and not run_dir.exists() and servers.calls == []
+    assert outcome.result["commands"][-1] == "rm -r %s" % run_dir
+
+
+def test_stop_all_signals_every_server_before_waiting_and_kills_the_stubborn(monkeypatch):
+    up, signals = {40, 41}, []
+
+    def kill(pid, signum):
+        signals.append((pid, signum))
+        if signum == lab_pod_servers.signal.SIGKILL or pid == 40:
+            up.discard(pid)
+
+    monkeypatch.setattr(lab_pod_servers.os, "kill", kill)
+    monkeypatch.setattr(server, "is_server", lambda pid, _pidfile: pid in up)
+    lab_pod_servers.stop_all([(40, "/run/x/pod1.pid"), (41, "/run/x/pod2.pid")], grace=0.1)
+    term, kill_signal = lab_pod_servers.signal.SIGTERM, lab_pod_servers.signal.SIGKILL
+    assert signals == [(40, term), (41, term), (41, kill_signal)]
+
+
+def test_absent_in_check_mode_ends_nothing_and_deletes_nothing(monkeypatch, tmp_path):
+    installed(tmp_path)
+    Servers(monkeypatch, running=["pod1"])
+    monkeypatch.setattr(lab_pod_servers, "stop_all", lambda servers: pytest.fail("stopped %s in check mode" % servers))
+    outcome = run(dict(state="absent", pods=PODS, run_dir=str(tmp_path)), check_mode=True)
+    assert outcome.result["changed"] and outcome.result["stopped"] == ["pod1"]
+    assert (tmp_path / "lab_pod_server.py").exists()
+
+
+def test_absent_when_nothing_is_left_changes_nothing(monkeypatch, tmp_path):
+    Servers(monkeypatch)
+    outcome = run(dict(state="absent", pods=PODS, run_dir=str(tmp_path / "gone")))
+    assert not outcome.result["changed"] and outcome.result["commands"] == [] and outcome.result["found"] == []
+
+
+PROBE = dict(netns="lab-node", addresses={"pod1": "10.0.0.2", "pod2": "10.0.0.3", "pod3": "10.0.0.4"})
+
+
+class ProbedServers(Servers):
+    """Servers whose probe (one curl, inside the node) gets an answer only from ``answering``."""
+
+    def __init__(self, monkeypatch, answering=(), **kwargs):
+        super().__init__(monkeypatch, **kwargs)
+        self.answering, self.probes = set(answering), []
+
+    def run_command(self, argv, **kwargs):
+        if "curl" not in argv:
+            return super().run_command(argv, **kwargs)
+        self.probes.append(argv)
+        urls = [arg for arg in argv if arg.startswith("http://")]
+        return 7, "".join("%s %s\n" % (url, "200" if url.split("//")[1].split(":")[0] in self.answering else "000")
+                          for url in urls), ""
+
+
+def test_the_probe_asks_every_serving_pod_at_once_from_the_node(monkeypatch, tmp_path):
+    installed(tmp_path)
+    (tmp_path / "pod2.stopped").touch()
+    servers = ProbedServers(monkeypatch, running=PODS, answering=["10.0.0.2"])
+    outcome = run(dict(pods=PODS, run_dir=str(tmp_path), probe=PROBE))
+    assert len(servers.probes) == 1 and servers.probes[0][:5] == ["ip", "netns", "exec", "lab-node", "curl"]
+    assert [arg for arg in servers.probes[0] if arg.startswith("http://")] == ["http://10.0.0.2:8080/", "http://10.0.0.4:8080/"]
+    assert outcome.result["ready"] == ["pod1"] and not outcome.result["changed"]
+
+
+def test_in_check_mode_a_server_the_run_would_start_counts_as_ready(monkeypatch, tmp_path):
+    installed(tmp_path)
+    servers = ProbedServers(monkeypatch, running=["pod1"], answering=["10.0.0.2"])
+    outcome = run(dict(pods=PODS, run_dir=str(tmp_path), probe=PROBE), check_mode=True)
+    assert [arg for arg in servers.probes[0] if arg.startswith("http://")] == ["http://10.0.0.2:8080/"]
+    assert outcome.result["ready"] == PODS
+
+
+def test_without_a_probe_nothing_is_probed(monkeypatch, tmp_path):
+    installed(tmp_path)
+    servers = ProbedServers(monkeypatch, running=PODS, answering=["10.0.0.2"])
+    outcome = run(dict(pods=PODS, run_dir=str(tmp_path)))
+    assert servers.probes == [] and "ready" not in outcome.result
+
+
+def test_a_probe_timeout_under_a_second_is_refused_by_name(monkeypatch, tmp_path):
+    ProbedServers(monkeypatch)
+    outcome = run(dict(pods=PODS, run_dir=str(tmp_path), probe=dict(PROBE, timeout=0)))
+    assert outcome.failed and outcome.result["field"] == "probe.timeout"
+
+
 def test_documentation_matches_argument_spec():
     import yaml  # pylint: disable=import-outside-toplevel
 
     yaml.safe_load(lab_pod_servers.EXAMPLES)
-    assert set(yaml.safe_load(lab_pod_servers.RETURN)) == {"serving", "held", "started", "commands"}
+    assert set(yaml.safe_load(lab_pod_servers.RETURN)) == {"serving", "ready", "held", "started", "stopped", "found", "commands"}
     documented = yaml.safe_load(lab_pod_servers.DOCUMENTATION)["options"]
     assert {name: option["type"] for name, option in documented.items()} == \
         {name: option["type"] for name, option in lab_pod_servers.ARGUMENT_SPEC.items()}

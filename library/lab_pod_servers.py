@@ -80,7 +80,7 @@ options:
     default: present
 notes:
   - Supports C(--check) (says what it would install and start; RV(serving) is right in check mode
-    too, and so is RV(ready), where a server the run would start counts as ready and the others are probed).
+    too; RV(ready) is every serving pod there, unprobed, as the run would start what does not run).
 requirements:
   - iproute2 (C(ip netns exec)) on the target, curl for O(probe); Python's standard library only.
 """
@@ -116,7 +116,7 @@ serving:
   elements: str
   sample: [pod1, pod3]
 ready:
-  description: The serving pods whose server answered the probe (in check mode, would be running and answering).
+  description: The serving pods whose server answered the probe (in check mode, every serving pod).
   returned: when O(probe) is set and O(state) is V(present)
   type: list
   elements: str
@@ -227,11 +227,12 @@ def probe_url(probe, name):
     return "http://%s:%s/" % (probe["addresses"][name], probe["port"])
 
 
-def ready_pods(module, probe, serving, starting):
-    """The serving pods whose server answers; in check mode those the run would start count as
-    ready (nothing runs to ask yet)."""
-    assumed = set(starting) if module.check_mode else set()
-    asked = [name for name in serving if name not in assumed and name in probe["addresses"]]
+def ready_pods(module, probe, serving):
+    """The serving pods whose server answers. In check mode every serving pod counts as ready:
+    the run would start what does not run, and the node to probe from may not exist yet."""
+    if module.check_mode:
+        return list(serving)
+    asked = [name for name in serving if name in probe["addresses"]]
     answered = set()
     if asked:
         _rc, stdout, _stderr = module.run_command(probe_argv(probe, asked))
@@ -239,7 +240,7 @@ def ready_pods(module, probe, serving, starting):
             url, _space, status = line.rpartition(" ")
             if status.isdigit() and status != "000":
                 answered.add(url)
-    return [name for name in serving if name in assumed or (name in asked and probe_url(probe, name) in answered)]
+    return [name for name in asked if probe_url(probe, name) in answered]
 
 
 def pods_in_run_dir(run_dir):
@@ -332,7 +333,7 @@ def run_module(module):
                   started=[name for name, _action in starts], commands=commands)
     if params["probe"]:
         probe = dict(params["probe"], port=params["port"])
-        result["ready"] = ready_pods(module, probe, serving, [name for name, _action in starts])
+        result["ready"] = ready_pods(module, probe, serving)
     module.exit_json(**result)
 
 

@@ -204,12 +204,12 @@ def test_the_probe_asks_every_serving_pod_at_once_from_the_node(monkeypatch, tmp
     assert outcome.result["ready"] == ["pod1"] and not outcome.result["changed"]
 
 
-def test_in_check_mode_a_server_the_run_would_start_counts_as_ready(monkeypatch, tmp_path):
+def test_in_check_mode_every_serving_pod_counts_as_ready_unprobed(monkeypatch, tmp_path):
     installed(tmp_path)
+    (tmp_path / "pod3.stopped").touch()
     servers = ProbedServers(monkeypatch, running=["pod1"], answering=["10.0.0.2"])
     outcome = run(dict(pods=PODS, run_dir=str(tmp_path), probe=PROBE), check_mode=True)
-    assert [arg for arg in servers.probes[0] if arg.startswith("http://")] == ["http://10.0.0.2:8080/"]
-    assert outcome.result["ready"] == PODS
+    assert servers.probes == [] and outcome.result["ready"] == ["pod1", "pod2"]
 
 
 def test_without_a_probe_nothing_is_probed(monkeypatch, tmp_path):

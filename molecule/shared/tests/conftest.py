@@ -43,6 +43,11 @@ def sources(lab):
     return [lab["node_netns"]] + [pod["netns"] for pod in lab["pods"]] + [lab["client_netns"]]
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "mode_independent: proves what holds whatever kube-proxy's mode; runs in scenario default only")
+
+
 def pytest_generate_tests(metafunc):
     if "source" in metafunc.fixturenames:
         metafunc.parametrize("source", sources(load_lab()))
@@ -61,17 +66,55 @@ def project_env():
     return env
 
 
-def ansible_playbook(playbook, *args, extra_vars=None):
-    """ansible-playbook PLAYBOOK [ARGS] [-e EXTRA_VARS] in the project, whatever its outcome."""
-    command = ["ansible-playbook", playbook, *args] + (["-e", json.dumps(extra_vars)] if extra_vars else [])
-    return subprocess.run(command, cwd=PROJECT, env=project_env(), capture_output=True, text=True, check=False)
+def playbook_argv(playbook, *args, **extra_vars):
+    """ansible-playbook PLAYBOOK [ARGS] [-e EXTRA_VARS], as a command to run in PROJECT."""
+    return ["ansible-playbook", playbook, *args] + (["-e", json.dumps(extra_vars)] if extra_vars else [])
 
 
-def play(playbook, *args, **extra_vars):
-    """ansible-playbook PLAYBOOK [ARGS] -e EXTRA_VARS; its output. Fails the test on error."""
-    result = ansible_playbook(playbook, *args, extra_vars=extra_vars)
-    assert result.returncode == 0, "%s failed:\n%s" % (" ".join(result.args), result.stdout[-4000:] + result.stderr[-2000:])
-    return result.stdout
+def play(playbook, *args, must_succeed=True, **extra_vars):
+    """ansible-playbook PLAYBOOK [ARGS] -e EXTRA_VARS in the project, as a student runs it; the
+    finished process. Every test runs its playbooks through here. Unless must_succeed is
+    False, a failed run fails the test, with the end of its output."""
+    result = subprocess.run(playbook_argv(playbook, *args, **extra_vars), cwd=PROJECT, env=project_env(),
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0 or not must_succeed, "%s failed:\n%s" % (
+        " ".join(result.args), result.stdout[-4000:] + result.stderr[-2000:])
+    return result
+
+
+SCRATCH_NETNS = "kpl-test-sync"
+MODULE_RUNNER = os.path.join(PROJECT, "tools", "bench_module.py")
+
+
+@pytest.fixture
+def scratch_node(host):
+    """An empty namespace of the test's own, for the kube_proxy module alone (no lab around it)."""
+    host.check_output("ip netns add %s", SCRATCH_NETNS)
+    try:
+        yield SCRATCH_NETNS
+    finally:
+        host.run("ip netns delete %s", SCRATCH_NETNS)
+
+
+def module_args(tmp_path, name, services, netns=SCRATCH_NETNS, mode="iptables"):
+    """A file of kube_proxy arguments, as Ansible hands them to the module."""
+    path = tmp_path / (name + ".json")
+    path.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": dict(
+        netns=netns, mode=mode, cluster_cidr="10.0.0.0/24", services=services)}))
+    return str(path)
+
+
+def start_module(args_path):
+    """The kube_proxy module, started as Ansible runs it (tools/bench_module.py), not waited for."""
+    return subprocess.Popen([sys.executable, MODULE_RUNNER, args_path],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(process):
+    """The module's result, once it has ended; a failed run fails the test."""
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, "kube_proxy failed: %s %s" % (stdout[-2000:], stderr[-2000:])
+    return json.loads(stdout)
 
 
 def curl(host, netns, url):

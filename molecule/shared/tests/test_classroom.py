@@ -4,11 +4,18 @@ server leaves the Service (and comes back); a second Service answers next to the
 
 Each test changes the running lab through the playbooks a student uses and puts it back in
 a finally, so the idempotence and host-safety checks that follow see the lab converge built.
+
+Scaling, reused addresses and the stopped pod prove what holds whatever kube-proxy's mode
+(pods made and removed, readiness, neighbour caches): they are marked mode_independent and
+run in scenario default. The mode's part of them, the module programming a changed endpoint
+list, runs in every mode (test_modes.test_endpoint_changes_are_programmed_in_place).
 """
 
 import ipaddress
 import json
 import re
+
+import pytest
 
 from conftest import Answers, curl, play
 from test_lab import kernel_probability, svc_chain
@@ -72,7 +79,7 @@ def pytest_generate_tests(metafunc):
 
 
 def test_observe_prints_the_distribution(host, lab, observe_source):
-    output = play("playbooks/observe.yml", source=observe_source, count=OBSERVE_COUNT)
+    output = play("playbooks/observe.yml", source=observe_source, count=OBSERVE_COUNT).stdout
     print(output)
     rows = {match["pod"]: match for match in map(ROW.match, output.splitlines()) if match}
     service = lab["services"][0]
@@ -106,6 +113,7 @@ def test_observe_prints_the_distribution(host, lab, observe_source):
 
 # ---------------------------------------------------------------- scale
 
+@pytest.mark.mode_independent
 def test_scaling_follows_the_pod_count(host, lab):
     service = lab["services"][0]
     pods = scaled_pods(lab, SCALED)
@@ -127,6 +135,7 @@ def test_scaling_follows_the_pod_count(host, lab):
     assert len(ports.splitlines()) == len(lab["pods"]), ports
 
 
+@pytest.mark.mode_independent
 def test_pods_at_reused_addresses_are_ready_at_once(host, lab):
     """Scaled down and up again, new pods get the removed pods' addresses, which the node still
     caches with the old MACs: left alone, it would take 5 s (delay_first_probe_time) to notice,
@@ -155,6 +164,7 @@ def mac(host, netns):
 
 # ---------------------------------------------------------------- endpoints follow health
 
+@pytest.mark.mode_independent
 def test_a_stopped_pod_leaves_the_service(host, lab):
     service = lab["services"][0]
     stopped = lab["pods"][1]

@@ -1,6 +1,6 @@
 """Runs that overlap or die half-way, and bad requests: what the lab guarantees whatever the
 mode, so these run once, in the default scenario (natively, where iptables-nft's slow
-restores leave time to interrupt one).
+restores leave time to interrupt one): every test here is marked mode_independent.
 
 - two kube_proxy runs on one node at once leave exactly one run's state, never a mixture;
 - a kube_proxy run killed during a 3,000-Service restore leaves no Service half-programmed,
@@ -12,55 +12,26 @@ The module runs as Ansible runs it (tools/bench_module.py) on Services made by t
 own generator, in a scratch namespace of its own, deleted afterwards.
 """
 
-import json
 import os
 import subprocess
-import sys
 import time
 
 import bench_lib
 import pytest
-from conftest import PROJECT, ansible_playbook, play, project_env
+from conftest import PROJECT, finish, module_args, play, playbook_argv, project_env, start_module
 from host_snapshot import differences, namespace_snapshot
 from kube_proxy import iptables
 from kube_proxy.model import build_config
 from test_faults import lab_namespaces
 from test_modes import data_plane, own_state_missing, residue, unreached
 
-SCRATCH_NETNS = "kpl-test-sync"
-MODULE_RUNNER = os.path.join(PROJECT, "tools", "bench_module.py")
+pytestmark = pytest.mark.mode_independent
+
 ROUNDS = 10
 # Big enough that one restore takes seconds on iptables-nft (docs/performance.md), so a
 # kill lands inside it.
 KILLED_SERVICES = 3000
 RESTORE_WAIT = 60
-
-
-@pytest.fixture
-def scratch_node(host):
-    host.check_output("ip netns add %s", SCRATCH_NETNS)
-    try:
-        yield SCRATCH_NETNS
-    finally:
-        host.run("ip netns delete %s", SCRATCH_NETNS)
-
-
-def module_args(tmp_path, name, services, netns=SCRATCH_NETNS):
-    path = tmp_path / (name + ".json")
-    path.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": dict(
-        netns=netns, mode="iptables", cluster_cidr="10.0.0.0/24", services=services)}))
-    return str(path)
-
-
-def start_module(args_path):
-    return subprocess.Popen([sys.executable, MODULE_RUNNER, args_path],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def finish(process):
-    stdout, stderr = process.communicate(timeout=300)
-    assert process.returncode == 0, "kube_proxy failed: %s %s" % (stdout[-2000:], stderr[-2000:])
-    return json.loads(stdout)
 
 
 def matches(host, netns, services):
@@ -151,7 +122,7 @@ def test_two_lab_runs_at_once_both_succeed_and_leave_one_lab(host, lab, tmp_path
     play("lab.yml", state="absent")
     first_log = tmp_path / "first.log"
     with open(first_log, "w", encoding="utf-8") as log:
-        first = subprocess.Popen(["ansible-playbook", "lab.yml", "-e", "mode=" + other], cwd=PROJECT,
+        first = subprocess.Popen(playbook_argv("lab.yml", mode=other), cwd=PROJECT,
                                  env=project_env(), stdout=log, stderr=subprocess.STDOUT)
     try:
         lock = host.file(os.environ.get("LAB_LOCK_FILE", "/run/lock/kube-proxy-lab.lock"))
@@ -159,7 +130,7 @@ def test_two_lab_runs_at_once_both_succeed_and_leave_one_lab(host, lab, tmp_path
         while not (lock.exists and lock.content_string.startswith("pid %d:" % first.pid)):
             assert time.monotonic() < deadline and first.poll() is None, "the first run never took the lab lock"
             time.sleep(0.1)
-        second = ansible_playbook("lab.yml", extra_vars=dict(mode=mode))
+        second = play("lab.yml", must_succeed=False, mode=mode)
         first.wait(timeout=600)
     finally:
         first.kill()
@@ -186,7 +157,8 @@ BAD_VARIABLES = [
 @pytest.mark.parametrize("variable, value, words", BAD_VARIABLES, ids=["%s=%s" % bad[:2] for bad in BAD_VARIABLES])
 def test_a_bad_variable_is_refused_by_name_before_anything_changes(host, lab, variable, value, words):
     before = namespace_snapshot(lab_namespaces(host, lab))
-    result = ansible_playbook("lab.yml", "-e", "%s=%s" % (variable, value))
+    # -e NAME=VALUE, as typed: the value arrives as a string, as from a student's command line.
+    result = play("lab.yml", "-e", "%s=%s" % (variable, value), must_succeed=False)
     output = result.stdout + result.stderr
     assert result.returncode != 0, "-e %s=%s was accepted" % (variable, value)
     for word in words:
@@ -200,7 +172,7 @@ def test_check_of_a_lab_not_built_yet_runs_to_the_end(host, lab):
     """--check on a host without the lab: every namespace reads as empty, nothing is made."""
     names = dict(lab_node_netns="kpl-check-node", lab_client_netns="kpl-check-client", lab_pods_netns_prefix="kpl-check-")
     before = namespace_snapshot(lab_namespaces(host, lab))
-    result = ansible_playbook("lab.yml", "--check", "--diff", extra_vars=dict(names, mode="iptables"))
+    result = play("lab.yml", "--check", "--diff", must_succeed=False, mode="iptables", **names)
     output = result.stdout + result.stderr
     assert result.returncode == 0, "--check failed:\n" + output[-4000:]
     assert "kpl-check-node does not exist yet: planned against an empty node" in output

@@ -84,11 +84,6 @@ def expected(exercise, lab, client_ip):
     return expect
 
 
-def playbook(exercise, action, *extra):
-    """ansible-playbook playbooks/exercise.yml; its output, or the test fails."""
-    return play("playbooks/exercise.yml", "-e", "exercise=" + exercise, "-e", "step=" + action, *extra)
-
-
 def measure(host, url, source, expect):
     """Requests from source: ([(pod, address seen)], number failed)."""
     answers, failed = [], 0
@@ -134,12 +129,12 @@ def client_address(host, lab):
 def test_exercise_breaks_and_fixes(host, lab, exercise):
     expect = expected(exercise, lab, client_address(host, lab))
     try:
-        playbook(exercise, "break")
-        report = playbook(exercise, "check", "-e", "lab_exercise_tries=1")
+        play("playbooks/exercise.yml", exercise=exercise, step="break")
+        report = play("playbooks/exercise.yml", exercise=exercise, step="check", lab_exercise_tries=1).stdout
         assert "Exercise %s (mode %s)" % (exercise, lab["mode"]) in report, report
         problems = mismatches(host, lab, expect)
         assert not problems, "after break %s:\n" % exercise + "\n".join(problems)
     finally:
-        playbook(exercise, "fix")
+        play("playbooks/exercise.yml", exercise=exercise, step="fix")
     problems = mismatches(host, lab, healthy(lab))
     assert not problems, "after fix %s:\n" % exercise + "\n".join(problems)

@@ -8,10 +8,10 @@ host-safety checks that follow see the same lab.
 
 import re
 
-from conftest import ansible_playbook, play
+from conftest import play
 from host_snapshot import differences, namespace_snapshot
 from test_classroom import scaled_pods
-from test_modes import kernel_modes, run_proxy_role
+from test_modes import kernel_modes
 
 # Refused is curl's exit 7; a connection nobody answers would end in 28 (timed out).
 CURL_REFUSED = 7
@@ -43,7 +43,7 @@ def test_a_service_scaled_to_zero_rejects_at_once(host, lab):
 
 def test_check_of_a_scale_up_reports_it_and_changes_nothing(host, lab):
     before = namespace_snapshot(lab_namespaces(host, lab))
-    result = ansible_playbook("lab.yml", "--check", "--diff", extra_vars=dict(mode=lab["mode"], pods=CHECKED_PODS))
+    result = play("lab.yml", "--check", "--diff", must_succeed=False, mode=lab["mode"], pods=CHECKED_PODS)
     output = result.stdout + result.stderr
     assert result.returncode == 0, "--check failed:\n" + output[-4000:]
     recap = re.search(r"changed=(\d+)\s+unreachable=\d+\s+failed=(\d+)", output)
@@ -107,8 +107,8 @@ def test_foreign_rules_survive_syncs_and_mode_switches(host, lab):
         planted = foreign_state(host, node, with_nft)
         assert len(planted) >= 6, planted
         for step_mode in steps:
-            run_proxy_role(mode=step_mode)
+            play("lab.yml", "--tags", "lab_proxy", mode=step_mode)
             assert foreign_state(host, node, with_nft) == planted, "after a sync in mode %s" % step_mode
     finally:
         remove_foreign_state(host, node)
-        run_proxy_role(mode=mode)
+        play("lab.yml", "--tags", "lab_proxy", mode=mode)

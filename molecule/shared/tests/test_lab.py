@@ -3,14 +3,14 @@ sees the source address kube-proxy's masquerade rules promise, the kernel holds
 kube-proxy's chains, the pod servers are proper daemons, and the host's root network
 namespace is untouched."""
 
-import base64
-import hashlib
 import json
 import os
 
-
+import pytest
 from conftest import curl, ephemeral_dir
 from host_snapshot import differences, snapshot
+from kube_proxy import naming
+from kube_proxy.model import build_config
 
 
 def test_every_pod_answers(source, answers, lab):
@@ -45,12 +45,9 @@ def test_backends_see_the_expected_source(source, answers, lab):
 
 
 def svc_chain(service):
-    """kube-proxy's KUBE-SVC- name: base32(sha256(servicePortName + protocol))[:16]."""
-    port_name = f"{service['namespace']}/{service['name']}"
-    if service.get("port_name"):
-        port_name += f":{service['port_name']}"
-    digest = hashlib.sha256((port_name + service["protocol"].lower()).encode()).digest()
-    return "KUBE-SVC-" + base64.b32encode(digest).decode()[:16]
+    """The KUBE-SVC- chain of a declared Service, named by the module's own helper."""
+    port = build_config("iptables", "10.0.0.0/24", [service]).services[0]
+    return naming.service_chain(port.port_name_string, port.proto)
 
 
 def kernel_probability(n, i):
@@ -117,6 +114,7 @@ def test_kernel_holds_the_modes_state(host, lab):
     {"iptables": check_iptables, "ipvs": check_ipvs, "nftables": check_nftables}[lab["mode"]](host, lab)
 
 
+@pytest.mark.mode_independent
 def test_pod_servers_are_daemons_in_their_pods(host, lab):
     for pod in lab["pods"]:
         pidfile = host.file(f"{lab['run_dir']}/{pod['name']}.pid")
@@ -128,6 +126,7 @@ def test_pod_servers_are_daemons_in_their_pods(host, lab):
         assert pod["netns"] in netns, f"{pod['name']}'s server (pid {pid}) runs in {netns}"
 
 
+@pytest.mark.mode_independent
 def test_a_pod_server_started_with_stdin_closed_answers(host, lab):
     """A caller with no stdin (a CI runner, `cmd 0<&-`) once left a server that listened on
     fd 0 until its own daemonizing closed the socket: started, pidfile written, no answer."""

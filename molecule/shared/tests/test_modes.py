@@ -1,6 +1,7 @@
 """kube-proxy's modes in a running node: switching between every mode this kernel can run
 leaves no residue of the others and keeps every path working; ClientIP affinity (and in
-IPVS mode the sh scheduler) keeps one client on one pod.
+IPVS mode the sh scheduler) keeps one client on one pod; the module alone programs a
+Service's changing endpoints in place.
 
 Each step re-runs only the lab_proxy role (``--tags lab_proxy``) with another mode or
 Service definition; the test always puts the scenario's own mode back, so the teardown and
@@ -9,13 +10,13 @@ the host-safety check that follow see the lab as converge built it.
 
 import os
 
-from conftest import PROJECT, Answers, load_lab, play, sources
+from conftest import PROJECT, Answers, finish, load_lab, module_args, play, sources, start_module
+from test_classroom import programmed
+from test_lab import kernel_probability
+
 STICKY_REQUESTS = 20
-
-
-def run_proxy_role(**extra_vars):
-    """ansible-playbook lab.yml --tags lab_proxy with extra vars; fails the test on error."""
-    play("lab.yml", "--tags", "lab_proxy", **extra_vars)
+# A Service's endpoint count at each sync: the first sync, up, down, back.
+ENDPOINT_COUNTS = [3, 5, 2, 3]
 
 
 def kernel_modes(host, lab):
@@ -95,14 +96,14 @@ def test_switching_modes_leaves_no_residue(host, lab):
         steps.append(mode)
     try:
         for step, step_mode in enumerate(steps, start=1):
-            run_proxy_role(mode=step_mode)
+            play("lab.yml", "--tags", "lab_proxy", mode=step_mode)
             plane = data_plane(host, lab["node_netns"])
             where = "step %d (%s, after %s)" % (step, step_mode, " -> ".join([mode] + steps[:step - 1]))
             assert not residue(step_mode, plane), "%s: left over: %s" % (where, residue(step_mode, plane))
             assert not own_state_missing(step_mode, plane), "%s: state missing: %s" % (where, plane)
             assert not unreached(host, lab), "%s: pods not reached from %s" % (where, unreached(host, lab))
     finally:
-        run_proxy_role(mode=mode)
+        play("lab.yml", "--tags", "lab_proxy", mode=mode)
 
 
 def sticky_services(lab):
@@ -125,7 +126,7 @@ def test_one_client_stays_on_one_pod(host, lab, setting):
     service = lab["services"][0]
     url = "http://%s:%s/" % (service["cluster_ip"], service["port"])
     try:
-        run_proxy_role(**overrides)
+        play("lab.yml", "--tags", "lab_proxy", **overrides)
         for source in (lab["client_netns"], lab["node_netns"]):
             pods = []
             for _ in range(STICKY_REQUESTS):
@@ -134,4 +135,24 @@ def test_one_client_stays_on_one_pod(host, lab, setting):
                 pods.append(result.stdout.split()[0])
             assert len(set(pods)) == 1, "%s: %s spread over %s" % (setting, source, sorted(set(pods)))
     finally:
-        run_proxy_role(mode=lab["mode"])
+        play("lab.yml", "--tags", "lab_proxy", mode=lab["mode"])
+
+
+def test_endpoint_changes_are_programmed_in_place(host, lab, scratch_node, tmp_path):
+    """The kube_proxy module alone, in the scenario's mode, on a namespace of the test's own:
+    each sync programs the endpoints declared (iptables: with their probabilities) and a
+    repeated sync changes nothing. This is the mode's part of scaling; the lab's own scaling
+    (pods made and removed, readiness, traffic) holds whatever the mode and runs in scenario
+    default (test_classroom's mode_independent tests)."""
+    service = lab["services"][0]
+    addresses = ["10.0.0.%d" % number for number in range(2, 2 + max(ENDPOINT_COUNTS))]
+    node = dict(lab, node_netns=scratch_node)
+    for step, count in enumerate(ENDPOINT_COUNTS, start=1):
+        declared = dict(service, endpoints=addresses[:count])
+        args = module_args(tmp_path, "step%d" % step, [declared], mode=lab["mode"])
+        assert finish(start_module(args))["changed"], "step %d (%d endpoints) changed nothing" % (step, count)
+        endpoints, probabilities = programmed(host, node, declared)
+        assert sorted(endpoints) == sorted(addresses[:count]), "step %d: %d endpoints declared" % (step, count)
+        if probabilities is not None:
+            assert probabilities == [kernel_probability(count, i) for i in range(count - 1)] + [None]
+        assert finish(start_module(args))["changed"] is False, "step %d: a repeated sync changed the node" % step

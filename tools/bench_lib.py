@@ -146,12 +146,25 @@ def predicted_seconds(previous, count):
 LAB_FIELDS = ("kernel", "mode", "rounds", "ping_s", "cold_s", "noop_s", "noop_changed", "teardown_s")
 
 
-def recap_changed(output):
-    """The changed= count of ansible-playbook's PLAY RECAP line for localhost."""
-    found = re.search(r"^localhost\s*:.*\bchanged=(\d+)", output, re.MULTILINE)
+def recap_changed(output, host="localhost"):
+    """The changed= count of ansible-playbook's PLAY RECAP line for host."""
+    found = re.search(r"^%s\s*:.*\bchanged=(\d+)" % re.escape(host), output, re.MULTILINE)
     if not found:
-        raise ValueError("no PLAY RECAP line for localhost in the output")
+        raise ValueError("no PLAY RECAP line for %s in the output" % host)
     return int(found.group(1))
+
+
+def loopback_ssh_inventory(host, port, key, known_hosts):
+    """An inventory (YAML) with one host of the group lab reached over SSH at 127.0.0.1:PORT
+    as root, as a remote Debian/Ubuntu host is: key login, the system's /usr/bin/python3."""
+    return (
+        "all:\n  children:\n    lab:\n      hosts:\n        %s:\n"
+        "          ansible_host: 127.0.0.1\n"
+        "          ansible_port: %d\n"
+        "          ansible_user: root\n"
+        "          ansible_ssh_private_key_file: %s\n"
+        "          ansible_ssh_common_args: -o StrictHostKeyChecking=no -o UserKnownHostsFile=%s\n"
+        "          ansible_python_interpreter: /usr/bin/python3\n" % (host, port, key, known_hosts))
 
 
 def to_csv(rows, fields):

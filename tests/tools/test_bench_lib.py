@@ -5,6 +5,7 @@ import os
 import sys
 
 import pytest
+import yaml
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "tools"))
 
@@ -211,3 +212,12 @@ def test_lab_rows_round_trip_through_the_csv():
     text = lib.to_csv([row], lib.LAB_FIELDS)
     assert lib.from_csv(text)[0]["cold_s"] == "11.5"
     assert lib.to_csv(lib.from_csv(text), lib.LAB_FIELDS) == text
+
+
+def test_the_loopback_ssh_inventory_reaches_one_lab_host_on_127_0_0_1_with_the_systems_python():
+    inventory = yaml.safe_load(lib.loopback_ssh_inventory("lab-over-ssh", 40022, "/tmp/k/client_key", "/tmp/k/known"))
+    host = inventory["all"]["children"]["lab"]["hosts"]["lab-over-ssh"]
+    assert host["ansible_host"] == "127.0.0.1" and host["ansible_port"] == 40022 and host["ansible_user"] == "root"
+    assert host["ansible_python_interpreter"] == "/usr/bin/python3"
+    assert host["ansible_ssh_private_key_file"] == "/tmp/k/client_key"
+    assert "UserKnownHostsFile=/tmp/k/known" in host["ansible_ssh_common_args"]

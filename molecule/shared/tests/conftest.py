@@ -88,9 +88,15 @@ MODULE_RUNNER = os.path.join(PROJECT, "tools", "bench_module.py")
 
 @pytest.fixture
 def scratch_node(host):
-    """An empty namespace of the test's own, for the kube_proxy module alone (no lab around it)."""
+    """A namespace of the test's own for the kube_proxy module alone (no lab around it), shaped
+    like the lab's node: a bridge holding the pod network's gateway address, and the Service
+    range routed. IPVS refuses a real server its namespace has no route to ("address not
+    unicast"), as it would on a real node."""
     host.check_output("ip netns add %s", SCRATCH_NETNS)
     try:
+        for command in ("link set lo up", "link add cni0 type bridge", "address add 10.0.0.1/24 dev cni0",
+                        "link set cni0 up", "route add 10.96.0.0/12 dev cni0"):
+            host.check_output("ip -n %s %s" % (SCRATCH_NETNS, command))
         yield SCRATCH_NETNS
     finally:
         host.run("ip netns delete %s", SCRATCH_NETNS)

@@ -135,6 +135,22 @@ options:
         description: An absolute path that exists once the module is loaded or built in.
         type: str
         required: true
+  plugged_into:
+    description:
+      - With O(state=absent), also delete every namespace that holds the other end of a veth
+        plugged into this bridge (the pods of a node, also those no declaration names any more,
+        found by the kernel's namespace ids, not by their names). Nothing happens when its
+        namespace does not exist.
+    type: dict
+    suboptions:
+      netns:
+        description: The namespace of the bridge.
+        type: str
+        required: true
+      bridge:
+        description: The bridge whose veth ports lead to the namespaces to delete.
+        type: str
+        required: true
   end_processes:
     description:
       - With O(state=absent), first end every process still running in a namespace to delete,
@@ -190,6 +206,12 @@ EXAMPLES = r"""
     end_processes: true
     namespaces:
       - name: lab-pod1
+
+- name: Delete every pod plugged into the node's bridge
+  lab_netns:
+    state: absent
+    end_processes: true
+    plugged_into: {netns: lab-node, bridge: cni0}
 """
 
 RETURN = r"""
@@ -211,7 +233,7 @@ created:
   elements: str
   sample: [lab-pod1]
 deleted:
-  description: The namespaces deleted (in check mode, that would be).
+  description: The namespaces deleted (in check mode, that would be), those found by O(plugged_into) included.
   returned: always
   type: list
   elements: str
@@ -235,8 +257,9 @@ import signal
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.lab_netns.model import ValidationError, build_topology
-from ansible.module_utils.lab_netns.plan import READ_BATCH, describe, found, parse_namespace, plan, plan_absent
+from ansible.module_utils.lab_netns.model import ValidationError, build_topology, validate_netns_name
+from ansible.module_utils.lab_netns.plan import (READ_BATCH, describe, found, parse_namespace, plan, plan_absent,
+                                                 plugged_peers)
 
 LINK_OPTIONS = dict(
     name=dict(type="str", required=True),
@@ -258,6 +281,8 @@ KERNEL_MODULE_OPTIONS = dict(name=dict(type="str", required=True), present_if=di
 ARGUMENT_SPEC = dict(
     namespaces=dict(type="list", elements="dict", options=NAMESPACE_OPTIONS, default=[]),
     kernel_modules=dict(type="list", elements="dict", options=KERNEL_MODULE_OPTIONS, default=[]),
+    plugged_into=dict(type="dict", options=dict(netns=dict(type="str", required=True),
+                                                bridge=dict(type="str", required=True))),
     state=dict(type="str", choices=["present", "absent", "query"], default="present"),
     end_processes=dict(type="bool", default=False),
 )
@@ -296,6 +321,18 @@ def load_kernel_modules(module, kernel_modules):
         for name in missing:
             run(module, ("modprobe", name))
     return ["modprobe %s" % name for name in missing]
+
+
+def plugged_namespaces(module, plugged_into, existing):
+    """The namespaces at the far end of the veths plugged into plugged_into's bridge (none when
+    the namespace or the bridge is missing: a half-built lab is torn down too)."""
+    netns, bridge = plugged_into["netns"], plugged_into["bridge"]
+    if netns not in existing:
+        return []
+    rc, ports, _stderr = module.run_command(["ip", "-n", netns, "-json", "-details", "link", "show", "master", bridge])
+    if rc != 0:
+        return []
+    return plugged_peers(ports, run(module, ("ip", "-n", netns, "-json", "netns", "list-id")))
 
 
 def existing_namespaces(module):
@@ -357,6 +394,8 @@ def end_processes(module, names):
 def run_module(module):
     try:
         topology = build_topology(_drop_unset(module.params["namespaces"]))
+        if module.params["plugged_into"]:
+            validate_netns_name("plugged_into.netns", module.params["plugged_into"]["netns"])
     except ValidationError as error:
         module.fail_json(msg=str(error), field=error.field)
     state = module.params["state"]
@@ -375,6 +414,9 @@ def run_module(module):
         except ValueError as error:
             module.fail_json(msg=str(error))
     elif state == "absent":
+        if module.params["plugged_into"]:
+            plugged = plugged_namespaces(module, module.params["plugged_into"], existing)
+            names += [name for name in plugged if name not in names]
         batches = plan_absent(names, existing)
         if module.params["end_processes"]:
             commands += end_processes(module, [name for name in names if name in existing])
@@ -395,13 +437,15 @@ def run_module(module):
         result["found"] = dict((name, found(namespace)) for name, namespace in live.items())
     if module._diff and state != "query":
         result["diff"] = []
-        for namespace in topology.namespaces:
-            before, after = describe(namespace, live.get(namespace.name) if namespace.name in existing else None)
-            if not present:
-                before, after = ("netns %s\n" % namespace.name if namespace.name in existing else ""), ""
+        if present:
+            changes = [(namespace.name,) + describe(namespace, live.get(namespace.name) if namespace.name in existing else None)
+                       for namespace in topology.namespaces]
+        else:
+            changes = [(name, "netns %s\n" % name, "") for name in names if name in existing]
+        for name, before, after in changes:
             if before != after:
-                result["diff"].append(dict(before=before, after=after, before_header=namespace.name + " (before)",
-                                           after_header=namespace.name + " (after)"))
+                result["diff"].append(dict(before=before, after=after, before_header=name + " (before)",
+                                           after_header=name + " (after)"))
     module.exit_json(**result)
 
 

@@ -201,6 +201,16 @@ def found(live: LiveNamespace) -> List[Dict[str, object]]:
             for _name, link in sorted(live.links.items())]
 
 
+def plugged_peers(ports_json: str, netns_ids_json: str) -> List[str]:
+    """The namespaces holding the other end of a bridge's veth ports, from the bridge's namespace
+    reading ``ip -json -details link show master BRIDGE`` (each port's ``link_netnsid``) and
+    ``ip -json netns list-id`` (which namespace name each id is, seen from there)."""
+    names = dict((entry["nsid"], entry.get("name")) for entry in json.loads(netns_ids_json or "[]"))
+    peers = [names.get(port.get("link_netnsid")) for port in json.loads(ports_json or "[]")
+             if port.get("linkinfo", {}).get("info_kind") == "veth"]
+    return list(dict.fromkeys(name for name in peers if name))
+
+
 def plan_absent(names: Sequence[str], existing: Sequence[str]) -> List[Batch]:
     gone = [name for name in names if name in existing]
     return [Batch(None, ("ip", "-batch", "-"), tuple("netns delete %s" % name for name in gone))] if gone else []

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from lab_netns.model import ValidationError, build_topology
-from lab_netns.plan import LiveLink, LiveNamespace, found, parse_namespace, plan, plan_absent
+from lab_netns.plan import LiveLink, LiveNamespace, found, parse_namespace, plan, plan_absent, plugged_peers
 
 NODE = dict(
     name="lab-node",
@@ -196,3 +196,21 @@ def test_found_lists_the_links_as_read_sorted_by_name():
     assert found(built_live()["lab-node"])[-1] == dict(name="veth-pod1", kind="veth", master="cni0", up=True,
                                                           addresses=[])
     assert [link["name"] for link in found(built_live()["lab-node"])] == sorted(built_live()["lab-node"].links)
+
+
+# ip -n lab-node -json -details link show master cni0 (trimmed), and ip -n lab-node -json netns list-id.
+BRIDGE_PORTS = json.dumps([
+    dict(ifname="veth-pod1", link_netnsid=0, linkinfo=dict(info_kind="veth", info_slave_kind="bridge")),
+    dict(ifname="veth-pod7", link_netnsid=2, linkinfo=dict(info_kind="veth", info_slave_kind="bridge")),
+    dict(ifname="tap0", linkinfo=dict(info_kind="tun", info_slave_kind="bridge")),
+])
+NETNS_IDS = json.dumps([dict(nsid=0, name="lab-pod1"), dict(nsid=1, name="lab-client"), dict(nsid=2, name="lab-pod7")])
+
+
+def test_plugged_peers_are_the_namespaces_at_the_far_end_of_the_bridge_veths():
+    assert plugged_peers(BRIDGE_PORTS, NETNS_IDS) == ["lab-pod1", "lab-pod7"]
+
+
+def test_a_peer_whose_namespace_has_no_name_is_left_out():
+    assert plugged_peers(BRIDGE_PORTS, json.dumps([dict(nsid=0, name="lab-pod1"), dict(nsid=2)])) == ["lab-pod1"]
+    assert plugged_peers("[]", "") == []

@@ -8,7 +8,7 @@ from ansible.module_utils import basic
 from ansible.module_utils.testing import patch_module_args
 
 from conftest import LIBRARY, ModuleExit
-from test_lab_netns import IP_BATCH_OUTPUT, NODE, POD1
+from test_lab_netns import BRIDGE_PORTS, IP_BATCH_OUTPUT, NETNS_IDS, NODE, POD1
 
 spec = importlib.util.spec_from_file_location("lab_netns_module", LIBRARY / "lab_netns.py")
 lab_netns_module = importlib.util.module_from_spec(spec)
@@ -35,6 +35,12 @@ class FakeHost:
             return 0, self.batch, ""
         if argv[-1:] == ["net.ipv4.ip_forward"]:
             return 0, "net.ipv4.ip_forward = 0\n", ""
+        if argv[-2:-1] == ["master"]:
+            if argv[-1] != "cni0":
+                return 1, "", 'Device "%s" does not exist.\n' % argv[-1]
+            return 0, BRIDGE_PORTS, ""
+        if argv[-2:] == ["netns", "list-id"]:
+            return 0, NETNS_IDS, ""
         if argv[:3] == ["ip", "netns", "pids"]:
             return 0, "".join("%d\n" % pid for pid in self.pids.get(argv[3], [])), ""
         return 0, "", ""
@@ -179,6 +185,30 @@ def test_a_bad_kernel_module_is_refused_by_field(monkeypatch, kernel_module, fie
     host = FakeHost()
     outcome = run(monkeypatch, dict(kernel_modules=[kernel_module]), host)
     assert outcome.failed and outcome.result["field"] == field and host.calls == []
+
+
+def test_absent_plugged_into_also_deletes_the_namespaces_behind_the_bridge_ports(monkeypatch):
+    host = FakeHost(existing=["lab-node", "lab-pod1", "lab-pod7", "lab-pod2"])
+    outcome = run(monkeypatch, dict(state="absent", namespaces=[dict(name="lab-pod2")],
+                                    plugged_into=dict(netns="lab-node", bridge="cni0")), host, diff=True)
+    assert outcome.result["deleted"] == ["lab-pod2", "lab-pod1", "lab-pod7"]
+    assert host.writes()[-1] == (["ip", "-batch", "-"], "netns delete lab-pod2\nnetns delete lab-pod1\nnetns delete lab-pod7\n")
+    assert [diff["before"] for diff in outcome.result["diff"]] == ["netns lab-pod2\n", "netns lab-pod1\n", "netns lab-pod7\n"]
+
+
+def test_absent_plugged_into_a_missing_bridge_or_node_finds_nothing(monkeypatch):
+    host = FakeHost(existing=["lab-node", "lab-pod1"])
+    outcome = run(monkeypatch, dict(state="absent", plugged_into=dict(netns="lab-node", bridge="gone0")), host)
+    assert not outcome.failed and outcome.result["deleted"] == [] and not outcome.result["changed"]
+    host = FakeHost(existing=["lab-pod1"])
+    outcome = run(monkeypatch, dict(state="absent", plugged_into=dict(netns="lab-node", bridge="cni0")), host)
+    assert outcome.result["deleted"] == [] and not any("master" in argv for argv, _data in host.calls)
+
+
+def test_a_bad_plugged_into_namespace_is_refused_by_field(monkeypatch):
+    host = FakeHost()
+    outcome = run(monkeypatch, dict(state="absent", plugged_into=dict(netns="no/slash", bridge="cni0")), host)
+    assert outcome.failed and outcome.result["field"] == "plugged_into.netns" and host.calls == []
 
 
 def test_documentation_matches_argument_spec():

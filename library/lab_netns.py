@@ -122,7 +122,8 @@ options:
         O(kernel_modules[].present_if) path is missing (a module built in or already loaded is
         left alone). Some sysctls exist only once their module is loaded (C(net.bridge.*) comes
         with C(br_netfilter)). Loading a module is the one change outside the namespaces.
-      - Only with O(state=present); in check mode they are listed in RV(commands), not loaded.
+      - Only with O(state=present) (refused with another); in check mode they are listed in
+        RV(commands), not loaded.
     type: list
     elements: dict
     default: []
@@ -140,7 +141,8 @@ options:
       - With O(state=absent), also delete every namespace that holds the other end of a veth
         plugged into this bridge (the pods of a node, also those no declaration names any more,
         found by the kernel's namespace ids, not by their names). Nothing happens when its
-        namespace does not exist.
+        namespace or the bridge does not exist; a name that stands for the host's own namespace
+        is never deleted. Refused with another O(state).
     type: dict
     suboptions:
       netns:
@@ -257,7 +259,7 @@ import signal
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.lab_netns.model import ValidationError, build_topology, validate_netns_name
+from ansible.module_utils.lab_netns.model import ValidationError, build_topology, validate_link_name, validate_netns_name
 from ansible.module_utils.lab_netns.plan import (READ_BATCH, describe, found, parse_namespace, plan, plan_absent,
                                                  plugged_peers)
 
@@ -329,10 +331,23 @@ def plugged_namespaces(module, plugged_into, existing):
     netns, bridge = plugged_into["netns"], plugged_into["bridge"]
     if netns not in existing:
         return []
-    rc, ports, _stderr = module.run_command(["ip", "-n", netns, "-json", "-details", "link", "show", "master", bridge])
-    if rc != 0:
+    rc, ports, stderr = module.run_command(["ip", "-n", netns, "-json", "-details", "link", "show", "master", bridge])
+    if rc != 0 and "does not exist" in stderr:
         return []
-    return plugged_peers(ports, run(module, ("ip", "-n", netns, "-json", "netns", "list-id")))
+    if rc != 0:
+        module.fail_json(msg="reading the ports of %s in %s failed: %s" % (bridge, netns, stderr.strip()),
+                         field="plugged_into")
+    peers = plugged_peers(ports, run(module, ("ip", "-n", netns, "-json", "netns", "list-id")))
+    # A name that stands for the host's own namespace (ip netns attach NAME 1) is never a pod's.
+    return [name for name in peers if not _is_root_namespace(name)]
+
+
+def _is_root_namespace(name):
+    try:
+        named, root = os.stat(os.path.join("/run/netns", name)), os.stat("/proc/1/ns/net")
+    except OSError:
+        return False
+    return (named.st_dev, named.st_ino) == (root.st_dev, root.st_ino)
 
 
 def existing_namespaces(module):
@@ -396,12 +411,18 @@ def run_module(module):
         topology = build_topology(_drop_unset(module.params["namespaces"]))
         if module.params["plugged_into"]:
             validate_netns_name("plugged_into.netns", module.params["plugged_into"]["netns"])
+            validate_link_name("plugged_into.bridge", module.params["plugged_into"]["bridge"])
     except ValidationError as error:
         module.fail_json(msg=str(error), field=error.field)
+    for option, only in (("kernel_modules", "present"), ("plugged_into", "absent")):
+        if module.params[option] and module.params["state"] != only:
+            module.fail_json(msg="%s is for state=%s only (state=%s)" % (option, only, module.params["state"]),
+                             field=option)
     state = module.params["state"]
     present = state == "present"
     # Before the namespaces are read: a module's sysctls exist only once it is loaded.
-    commands = load_kernel_modules(module, module.params["kernel_modules"]) if present else []
+    loaded = load_kernel_modules(module, module.params["kernel_modules"]) if present else []
+    commands = list(loaded)
     existing = existing_namespaces(module)
     names = [namespace.name for namespace in topology.namespaces]
     live = {}
@@ -442,6 +463,8 @@ def run_module(module):
                        for namespace in topology.namespaces]
         else:
             changes = [(name, "netns %s\n" % name, "") for name in names if name in existing]
+        if loaded:
+            changes.insert(0, ("kernel modules", "", "".join(line + "\n" for line in loaded)))
         for name, before, after in changes:
             if before != after:
                 result["diff"].append(dict(before=before, after=after, before_header=name + " (before)",

@@ -235,7 +235,12 @@ def ready_pods(module, probe, serving):
     asked = [name for name in serving if name in probe["addresses"]]
     answered = set()
     if asked:
-        _rc, stdout, _stderr = module.run_command(probe_argv(probe, asked))
+        rc, stdout, stderr = module.run_command(probe_argv(probe, asked))
+        if rc != 0 and not stdout.strip():
+            # curl answers every URL with a line, also a refused one: no line at all is the
+            # probe itself failing (no curl, no node namespace), not the servers.
+            module.warn("the readiness probe did not run (%s): no pod counts as ready"
+                        % ((stderr or "exit %d" % rc).strip().splitlines() or ["?"])[0])
         for line in stdout.splitlines():
             url, _space, status = line.rpartition(" ")
             if status.isdigit() and status != "000":
@@ -253,20 +258,31 @@ def pods_in_run_dir(run_dir):
                       if name and suffix in POD_FILE_SUFFIXES))
 
 
+def _signal(pid, signum):
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass  # it ended on its own in between
+
+
 def stop_all(servers, grace=END_GRACE_S):
-    """End the servers, given as (pid, pidfile), all at once: SIGTERM, SIGKILL to any still up
-    after grace seconds (one after the other, a teardown would wait for each in turn)."""
+    """End the servers, given as (pid, pidfile), all at once (one after the other, a teardown
+    would wait for each in turn): SIGTERM, SIGKILL to any still up after grace seconds. Return
+    the pids still up grace seconds after the SIGKILL (a process stuck in the kernel)."""
     for pid, _pidfile in servers:
-        os.kill(pid, signal.SIGTERM)
+        _signal(pid, signal.SIGTERM)
+    killed = False
     deadline = time.monotonic() + grace
     while True:
         up = [(pid, pidfile) for pid, pidfile in servers if server.is_server(pid, pidfile)]
         if not up:
-            return
+            return []
         if time.monotonic() > deadline:
+            if killed:
+                return [pid for pid, _pidfile in up]
             for pid, _pidfile in up:
-                os.kill(pid, signal.SIGKILL)
-            deadline = time.monotonic() + grace
+                _signal(pid, signal.SIGKILL)
+            killed, deadline = True, time.monotonic() + grace
         time.sleep(0.05)
 
 
@@ -282,7 +298,10 @@ def remove_all(module, params):
     if os.path.lexists(run_dir):
         commands.append("rm -r %s" % run_dir)
     if not module.check_mode:
-        stop_all([(pid, pod_file(run_dir, name, "pid")) for name, pid in running])
+        stuck = stop_all([(pid, pod_file(run_dir, name, "pid")) for name, pid in running])
+        if stuck:
+            module.fail_json(msg="pod server pid(s) %s did not end, even after SIGKILL; the run directory is kept"
+                                 % ", ".join(map(str, stuck)), commands=commands)
         if os.path.isdir(run_dir) and not os.path.islink(run_dir):
             shutil.rmtree(run_dir)
         elif os.path.lexists(run_dir):

@@ -163,7 +163,7 @@ def loopback_ssh_inventory(host, port, key, known_hosts):
         "          ansible_port: %d\n"
         "          ansible_user: root\n"
         "          ansible_ssh_private_key_file: %s\n"
-        "          ansible_ssh_common_args: -o StrictHostKeyChecking=no -o UserKnownHostsFile=%s\n"
+        "          ansible_ssh_common_args: -F /dev/null -o StrictHostKeyChecking=no -o UserKnownHostsFile=%s\n"
         "          ansible_python_interpreter: /usr/bin/python3\n" % (host, port, key, known_hosts))
 
 

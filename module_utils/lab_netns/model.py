@@ -85,7 +85,7 @@ def validate_netns_name(where: str, value: Any) -> str:
     return value
 
 
-def _link_name(where: str, value: Any) -> str:
+def validate_link_name(where: str, value: Any) -> str:
     if not isinstance(value, str) or not _LINK_NAME.match(value):
         raise ValidationError(where, "must be a link name of 1 to %d characters without spaces, / or :, got %r"
                               % (MAX_LINK_NAME, value))
@@ -117,7 +117,7 @@ def _route(where: str, raw: Any) -> Route:
             via = str(ipaddress.IPv4Address(str(via)))
         except ValueError:
             raise ValidationError(where + ".via", "must be an IPv4 address, got %r" % (via,))
-    dev = _link_name(where + ".dev", raw["dev"]) if raw.get("dev") is not None else None
+    dev = validate_link_name(where + ".dev", raw["dev"]) if raw.get("dev") is not None else None
     if via is None and dev is None:
         raise ValidationError(where, "needs via, dev or both")
     return Route(to=to, via=via, dev=dev)
@@ -126,7 +126,7 @@ def _route(where: str, raw: Any) -> Route:
 def _link(where: str, raw: Any) -> Link:
     raw = _mapping(where, raw)
     _known(where, raw, ("name", "kind", "peer", "master", "hairpin", "addresses", "announce"))
-    name = _link_name(where + ".name", raw.get("name"))
+    name = validate_link_name(where + ".name", raw.get("name"))
     kind = raw.get("kind")
     if kind is not None and kind not in KINDS:
         raise ValidationError(where + ".kind", "must be one of %s, got %r" % (", ".join(KINDS), kind))
@@ -134,11 +134,11 @@ def _link(where: str, raw: Any) -> Link:
     if kind == "veth":
         peer = _mapping(where + ".peer", raw.get("peer"))
         _known(where + ".peer", peer, ("name", "netns"))
-        peer_name = _link_name(where + ".peer.name", peer.get("name"))
+        peer_name = validate_link_name(where + ".peer.name", peer.get("name"))
         peer_netns = validate_netns_name(where + ".peer.netns", peer.get("netns"))
     elif raw.get("peer") is not None:
         raise ValidationError(where + ".peer", "only a veth has a peer")
-    master = _link_name(where + ".master", raw["master"]) if raw.get("master") is not None else None
+    master = validate_link_name(where + ".master", raw["master"]) if raw.get("master") is not None else None
     hairpin = raw.get("hairpin")
     if hairpin is not None and not isinstance(hairpin, bool):
         raise ValidationError(where + ".hairpin", "must be true or false, got %r" % (hairpin,))

@@ -205,10 +205,43 @@ def test_absent_plugged_into_a_missing_bridge_or_node_finds_nothing(monkeypatch)
     assert outcome.result["deleted"] == [] and not any("master" in argv for argv, _data in host.calls)
 
 
-def test_a_bad_plugged_into_namespace_is_refused_by_field(monkeypatch):
+@pytest.mark.parametrize("plugged_into, field", [
+    (dict(netns="no/slash", bridge="cni0"), "plugged_into.netns"),
+    (dict(netns="lab-node", bridge=""), "plugged_into.bridge"),
+])
+def test_a_bad_plugged_into_is_refused_by_field(monkeypatch, plugged_into, field):
     host = FakeHost()
-    outcome = run(monkeypatch, dict(state="absent", plugged_into=dict(netns="no/slash", bridge="cni0")), host)
-    assert outcome.failed and outcome.result["field"] == "plugged_into.netns" and host.calls == []
+    outcome = run(monkeypatch, dict(state="absent", plugged_into=plugged_into), host)
+    assert outcome.failed and outcome.result["field"] == field and host.calls == []
+
+
+@pytest.mark.parametrize("args, field", [
+    (dict(state="absent", kernel_modules=[dict(name="br_netfilter", present_if="/x")]), "kernel_modules"),
+    (dict(state="query", kernel_modules=[dict(name="br_netfilter", present_if="/x")]), "kernel_modules"),
+    (dict(state="present", plugged_into=dict(netns="lab-node", bridge="cni0")), "plugged_into"),
+])
+def test_an_option_of_another_state_is_refused_not_ignored(monkeypatch, args, field):
+    host = FakeHost()
+    outcome = run(monkeypatch, args, host)
+    assert outcome.failed and outcome.result["field"] == field and host.calls == []
+
+
+def test_plugged_into_never_deletes_a_name_for_the_hosts_own_namespace(monkeypatch):
+    monkeypatch.setattr(lab_netns_module, "_is_root_namespace", lambda name: name == "lab-pod7")
+    host = FakeHost(existing=["lab-node", "lab-pod1", "lab-pod7"])
+    outcome = run(monkeypatch, dict(state="absent", end_processes=True,
+                                    plugged_into=dict(netns="lab-node", bridge="cni0")), host)
+    assert outcome.result["deleted"] == ["lab-pod1"]
+    assert not any(argv[:4] == ["ip", "netns", "pids", "lab-pod7"] for argv, _data in host.calls)
+
+
+def test_a_run_that_only_loads_a_kernel_module_shows_it_in_the_diff(monkeypatch, tmp_path):
+    host = FakeHost()
+    outcome = run(monkeypatch, dict(kernel_modules=[dict(name="br_netfilter", present_if=str(tmp_path / "no"))]),
+                  host, check_mode=True, diff=True)
+    assert outcome.result["diff"] == [dict(before="", after="modprobe br_netfilter\n",
+                                           before_header="kernel modules (before)",
+                                           after_header="kernel modules (after)")]
 
 
 def test_documentation_matches_argument_spec():

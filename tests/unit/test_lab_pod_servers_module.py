@@ -136,7 +136,7 @@ def test_absent_ends_every_known_server_by_its_pidfile_and_deletes_the_run_dir(m
         (run_dir / name).write_text("100\n")
     servers = Servers(monkeypatch, running=["pod1", "pod2", "pod4"])
     stopped = []
-    monkeypatch.setattr(lab_pod_servers, "stop_all", stopped.extend)
+    monkeypatch.setattr(lab_pod_servers, "stop_all", lambda servers: stopped.extend(servers) or [])
     outcome = run(dict(state="absent", pods=PODS, run_dir=str(run_dir)))
     assert outcome.result["found"] == ["pod1", "pod4", "pod5"]
     assert outcome.result["stopped"] == ["pod1", "pod2", "pod4"]
@@ -155,9 +155,18 @@ def test_stop_all_signals_every_server_before_waiting_and_kills_the_stubborn(mon
 
     monkeypatch.setattr(lab_pod_servers.os, "kill", kill)
     monkeypatch.setattr(server, "is_server", lambda pid, _pidfile: pid in up)
-    lab_pod_servers.stop_all([(40, "/run/x/pod1.pid"), (41, "/run/x/pod2.pid")], grace=0.1)
+    assert lab_pod_servers.stop_all([(40, "/run/x/pod1.pid"), (41, "/run/x/pod2.pid")], grace=0.1) == []
     term, kill_signal = lab_pod_servers.signal.SIGTERM, lab_pod_servers.signal.SIGKILL
     assert signals == [(40, term), (41, term), (41, kill_signal)]
+
+
+def test_stop_all_gives_up_on_a_process_that_outlives_its_sigkill_and_names_it(monkeypatch):
+    def kill(pid, signum):
+        if pid == 41:
+            raise ProcessLookupError  # ended on its own in between
+    monkeypatch.setattr(lab_pod_servers.os, "kill", kill)
+    monkeypatch.setattr(server, "is_server", lambda pid, _pidfile: pid == 40)
+    assert lab_pod_servers.stop_all([(40, "/run/x/pod1.pid"), (41, "/run/x/pod2.pid")], grace=0.05) == [40]
 
 
 def test_absent_in_check_mode_ends_nothing_and_deletes_nothing(monkeypatch, tmp_path):

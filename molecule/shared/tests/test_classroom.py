@@ -8,7 +8,7 @@ a finally, so the idempotence and host-safety checks that follow see the lab con
 Scaling, reused addresses and the stopped pod prove what holds whatever kube-proxy's mode
 (pods made and removed, readiness, neighbour caches): they are marked mode_independent and
 run in scenario default. The mode's part of them, the module programming a changed endpoint
-list, runs in every mode (test_modes.test_endpoint_changes_are_programmed_in_place).
+list, runs in every mode (test_modes.test_changed_endpoints_are_programmed_and_a_repeat_changes_nothing).
 """
 
 import ipaddress

@@ -130,7 +130,7 @@ def test_exercise_breaks_and_fixes(host, lab, exercise):
     expect = expected(exercise, lab, client_address(host, lab))
     try:
         play("playbooks/exercise.yml", exercise=exercise, step="break")
-        report = play("playbooks/exercise.yml", exercise=exercise, step="check", lab_exercise_tries=1).stdout
+        report = play("playbooks/exercise.yml", "-e", "lab_exercise_tries=1", exercise=exercise, step="check").stdout
         assert "Exercise %s (mode %s)" % (exercise, lab["mode"]) in report, report
         problems = mismatches(host, lab, expect)
         assert not problems, "after break %s:\n" % exercise + "\n".join(problems)

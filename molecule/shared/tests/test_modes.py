@@ -1,7 +1,7 @@
 """kube-proxy's modes in a running node: switching between every mode this kernel can run
 leaves no residue of the others and keeps every path working; ClientIP affinity (and in
 IPVS mode the sh scheduler) keeps one client on one pod; the module alone programs a
-Service's changing endpoints in place.
+Service's changing endpoints, and a repeated sync changes nothing.
 
 Each step re-runs only the lab_proxy role (``--tags lab_proxy``) with another mode or
 Service definition; the test always puts the scenario's own mode back, so the teardown and
@@ -138,7 +138,7 @@ def test_one_client_stays_on_one_pod(host, lab, setting):
         play("lab.yml", "--tags", "lab_proxy", mode=lab["mode"])
 
 
-def test_endpoint_changes_are_programmed_in_place(host, lab, scratch_node, tmp_path):
+def test_changed_endpoints_are_programmed_and_a_repeat_changes_nothing(host, lab, scratch_node, tmp_path):
     """The kube_proxy module alone, in the scenario's mode, on a namespace of the test's own:
     each sync programs the endpoints declared (iptables: with their probabilities) and a
     repeated sync changes nothing. This is the mode's part of scaling; the lab's own scaling

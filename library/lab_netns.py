@@ -255,9 +255,8 @@ found:
 
 import json
 import os
-import signal
-import time
 
+from ansible.module_utils import lab_processes as processes
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.lab_netns.model import ValidationError, build_topology, validate_link_name, validate_netns_name
 from ansible.module_utils.lab_netns.plan import (READ_BATCH, describe, found, parse_namespace, plan, plan_absent,
@@ -377,14 +376,6 @@ def _alive(pid):
         return False
 
 
-def _signal(pids, signum):
-    for pid in pids:
-        try:
-            os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
-
-
 def end_processes(module, names):
     """End, by pid, the processes running in each namespace; return the commands that do it."""
     commands = []
@@ -395,14 +386,9 @@ def end_processes(module, names):
         commands.append("kill %s  # the processes in %s" % (" ".join(map(str, pids)), name))
         if module.check_mode:
             continue
-        _signal(pids, signal.SIGTERM)
-        deadline = time.monotonic() + END_GRACE_S
-        while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        stubborn = [pid for pid in pids if _alive(pid)]
+        stubborn, _stuck = processes.end_all(pids, _alive, END_GRACE_S)
         if stubborn:
             commands.append("kill -KILL %s  # still in %s after %g s" % (" ".join(map(str, stubborn)), name, END_GRACE_S))
-            _signal(stubborn, signal.SIGKILL)
     return commands
 
 

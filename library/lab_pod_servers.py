@@ -160,10 +160,9 @@ commands:
 import inspect
 import os
 import shutil
-import signal
 import sys
-import time
 
+from ansible.module_utils import lab_processes as processes
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.lab_pods import server
 
@@ -258,32 +257,12 @@ def pods_in_run_dir(run_dir):
                       if name and suffix in POD_FILE_SUFFIXES))
 
 
-def _signal(pid, signum):
-    try:
-        os.kill(pid, signum)
-    except ProcessLookupError:
-        pass  # it ended on its own in between
-
-
 def stop_all(servers, grace=END_GRACE_S):
-    """End the servers, given as (pid, pidfile), all at once (one after the other, a teardown
-    would wait for each in turn): SIGTERM, SIGKILL to any still up after grace seconds. Return
-    the pids still up grace seconds after the SIGKILL (a process stuck in the kernel)."""
-    for pid, _pidfile in servers:
-        _signal(pid, signal.SIGTERM)
-    killed = False
-    deadline = time.monotonic() + grace
-    while True:
-        up = [(pid, pidfile) for pid, pidfile in servers if server.is_server(pid, pidfile)]
-        if not up:
-            return []
-        if time.monotonic() > deadline:
-            if killed:
-                return [pid for pid, _pidfile in up]
-            for pid, _pidfile in up:
-                _signal(pid, signal.SIGKILL)
-            killed, deadline = True, time.monotonic() + grace
-        time.sleep(0.05)
+    """End the servers, given as (pid, pidfile), all at once, SIGKILL after grace seconds;
+    return the pids still up grace seconds after that."""
+    pidfiles = dict(servers)
+    _killed, stuck = processes.end_all(list(pidfiles), lambda pid: server.is_server(pid, pidfiles[pid]), grace)
+    return stuck
 
 
 def remove_all(module, params):

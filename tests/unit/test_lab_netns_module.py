@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import signal
 
 import pytest
 from ansible.module_utils import basic
@@ -131,7 +132,7 @@ class FakeProcesses:
 
     def kill(self, pid, signum):
         self.signals.append((pid, signum))
-        if signum == lab_netns_module.signal.SIGKILL or pid not in self.stubborn:
+        if signum == signal.SIGKILL or pid not in self.stubborn:
             self.alive.discard(pid)
 
 
@@ -140,7 +141,7 @@ def test_end_processes_ends_them_by_pid_before_the_namespace_goes(monkeypatch):
     processes.alive.update([40, 41])
     host = FakeHost(existing=["lab-pod1"], pids={"lab-pod1": [40, 41]})
     outcome = run(monkeypatch, dict(state="absent", end_processes=True, namespaces=[dict(name="lab-pod1")]), host)
-    term, kill = lab_netns_module.signal.SIGTERM, lab_netns_module.signal.SIGKILL
+    term, kill = signal.SIGTERM, signal.SIGKILL
     assert processes.signals == [(40, term), (41, term), (41, kill)]
     assert outcome.result["commands"] == ["kill 40 41  # the processes in lab-pod1",
                                           "kill -KILL 41  # still in lab-pod1 after 0.2 s",

@@ -3,6 +3,7 @@ declared, leaves held pods alone (run_command and the server's process checks pa
 
 import importlib.util
 import inspect
+import signal
 
 import pytest
 from ansible.module_utils import basic
@@ -150,13 +151,13 @@ def test_stop_all_signals_every_server_before_waiting_and_kills_the_stubborn(mon
 
     def kill(pid, signum):
         signals.append((pid, signum))
-        if signum == lab_pod_servers.signal.SIGKILL or pid == 40:
+        if signum == signal.SIGKILL or pid == 40:
             up.discard(pid)
 
     monkeypatch.setattr(lab_pod_servers.os, "kill", kill)
     monkeypatch.setattr(server, "is_server", lambda pid, _pidfile: pid in up)
     assert lab_pod_servers.stop_all([(40, "/run/x/pod1.pid"), (41, "/run/x/pod2.pid")], grace=0.1) == []
-    term, kill_signal = lab_pod_servers.signal.SIGTERM, lab_pod_servers.signal.SIGKILL
+    term, kill_signal = signal.SIGTERM, signal.SIGKILL
     assert signals == [(40, term), (41, term), (41, kill_signal)]
 
 

@@ -11,6 +11,8 @@ answered (and, if it must see failures, one has failed), at most MAX_TRIES (MAX_
 """
 
 import json
+import random
+import time
 from collections import namedtuple
 from concurrent.futures import ThreadPoolExecutor
 
@@ -22,6 +24,10 @@ MAX_TRIES = 30
 # both iptables and nftables mode), so 30 requests once held no failure at all.
 MAX_TRIES_FAILING = 60
 TIMEOUT = 2  # seconds per request (curl --max-time)
+# Up to this many seconds between one source's requests, drawn at random: IPVS's rr scheduler
+# is one counter for every source, and sources asking in lockstep can fall into a rhythm in
+# which one of them never gets a given pod (seen: the node 30 times without pod1).
+MAX_PAUSE = 0.05
 
 EVERY_MODE = ["br_netfilter", "hairpin", "service_route", "ip_forward", "masquerade"]
 # The exercises of each mode; every symptom asserted below was measured in that mode first.
@@ -97,6 +103,7 @@ def measure(host, url, source, expect):
         if {pod for pod, _ip in answers} >= expect.answer and (
                 not expect.fail or (failed and tries >= FAIL_TRIES)):
             break
+        time.sleep(random.uniform(0, MAX_PAUSE))
     return answers, failed
 
 

@@ -23,10 +23,14 @@ APT_PACKAGES := iproute2 iptables nftables ipset ipvsadm conntrack curl python3-
 
 VENV := .venv
 VENV_STAMP := $(VENV)/.requirements-installed
+# The unit tests parse the docs' Mermaid diagrams with mermaid itself, under Node.js
+# (tests/unit/test_guide_diagrams.py); `make lab` needs neither.
+MERMAID_CHECK := tools/mermaid-check
+MERMAID_CHECK_STAMP := $(MERMAID_CHECK)/node_modules/.package-lock-installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help bootstrap packages lab lab-shell observe teardown exercise test lint unit bench bench-quick molecule
+.PHONY: help bootstrap packages node-packages lab lab-shell observe teardown exercise test lint unit bench bench-quick molecule
 
 help:
 	@sed -n 's/^#   //p' $(MAKEFILE_LIST)
@@ -55,6 +59,21 @@ $(VENV_STAMP): requirements.txt
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
 	@cp requirements.txt $@
+
+# node and npm asked for by command, not by apt package: NodeSource's nodejs carries its own npm
+# and conflicts with Debian's npm package, so asking apt for npm there would fail (or remove node).
+node-packages:
+	@if ! command -v node >/dev/null || ! command -v npm >/dev/null; then \
+	  echo "bootstrap: installing nodejs npm"; \
+	  apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm; \
+	fi
+
+# tools/mermaid-check's pinned npm packages: installed when missing, reinstalled when
+# package-lock.json changes (the stamp lives in node_modules, so removing that reinstalls too).
+$(MERMAID_CHECK_STAMP): $(MERMAID_CHECK)/package-lock.json | node-packages
+	cd $(MERMAID_CHECK) && npm ci --no-audit --no-fund
+	@cp $< $@
 
 lab: bootstrap
 	@if [ "$(MODE)" = ipvs ] && ! tools/kernel-has-ipvs; then \
@@ -101,7 +120,7 @@ lint: bootstrap
 	yamllint -s .
 	ansible-lint
 
-unit: bootstrap
+unit: bootstrap $(MERMAID_CHECK_STAMP)
 	pytest -q tests/unit tests/tools
 
 molecule: bootstrap

@@ -15,6 +15,11 @@ from test_classroom import programmed
 from test_lab import kernel_probability
 
 STICKY_REQUESTS = 20
+# Source ports above Linux's ephemeral range (32768-60999), each used once per scenario:
+# a new connection whose source port matches an earlier one still in IPVS's connection
+# table (TIME_WAIT, 120 s) reuses that entry's real server instead of being scheduled,
+# which would make a random port look like the scheduler spreading one client.
+STICKY_FIRST_PORT = 61000
 # A Service's endpoint count at each sync: the first sync, up, down, back.
 ENDPOINT_COUNTS = [3, 5, 2, 3]
 
@@ -127,10 +132,12 @@ def test_one_client_stays_on_one_pod(host, lab, setting):
     url = "http://%s:%s/" % (service["cluster_ip"], service["port"])
     try:
         play("lab.yml", "--tags", "lab_proxy", **overrides)
-        for source in (lab["client_netns"], lab["node_netns"]):
+        first_port = STICKY_FIRST_PORT + (0 if setting == "ClientIP affinity" else 2 * STICKY_REQUESTS)
+        for number, source in enumerate((lab["client_netns"], lab["node_netns"])):
             pods = []
-            for _ in range(STICKY_REQUESTS):
-                result = host.run("ip netns exec %s curl -s --max-time 2 %s", source, url)
+            for request in range(STICKY_REQUESTS):
+                port = first_port + number * STICKY_REQUESTS + request
+                result = host.run("ip netns exec %s curl -s --max-time 2 --local-port %d %s", source, port, url)
                 assert result.rc == 0, "from %s: %s" % (source, result.stderr)
                 pods.append(result.stdout.split()[0])
             assert len(set(pods)) == 1, "%s: %s spread over %s" % (setting, source, sorted(set(pods)))

@@ -137,7 +137,7 @@ def test_one_client_stays_on_one_pod(host, lab, setting):
             pods = []
             for request in range(STICKY_REQUESTS):
                 port = first_port + number * STICKY_REQUESTS + request
-                result = host.run("ip netns exec %s curl -s --max-time 2 --local-port %d %s", source, port, url)
+                result = host.run("ip netns exec %s curl -s --max-time 2 --local-port %s %s", source, str(port), url)
                 assert result.rc == 0, "from %s: %s" % (source, result.stderr)
                 pods.append(result.stdout.split()[0])
             assert len(set(pods)) == 1, "%s: %s spread over %s" % (setting, source, sorted(set(pods)))

@@ -1,7 +1,7 @@
 # kube-proxy-lab. Run as root on Debian/Ubuntu:
-#   make lab [MODE=iptables|ipvs|nftables] [PODS=N]   build the lab (installs what is missing first)
+#   make lab [MODE=iptables|ipvs|nftables] [NODES=1..4] [PODS=N]   build the lab (installs what is missing first)
 #   make observe [SOURCE=node|client|pod2] [COUNT=300] [MODE=…]   watch the Service balance, and the kernel do it
-#   make lab-shell [MODE=ipvs]               a shell in a user-mode-linux node with the lab up
+#   make lab-shell [MODE=ipvs] [NODES=N]     a shell in a user-mode-linux node with the lab up
 #   make teardown                            remove everything the lab made
 #   make exercise E=NAME A=break|check|fix   a break-and-fix exercise in the running lab (README: Exercises)
 #   make bench [QUICK=1]                     benchmark the module and the data plane (docs/performance.md)
@@ -81,7 +81,7 @@ lab: bootstrap
 	  echo "Run the lab inside a user-mode-linux node, whose kernel has it:  make lab-shell MODE=ipvs" >&2; \
 	  exit 1; \
 	fi
-	ansible-playbook lab.yml -e mode=$(MODE) $(if $(PODS),-e pods=$(PODS))
+	ansible-playbook lab.yml -e mode=$(MODE) $(if $(NODES),-e nodes=$(NODES)) $(if $(PODS),-e pods=$(PODS))
 
 # MODE only when given: without it, observe watches the lab in the mode it runs.
 observe: bootstrap
@@ -90,7 +90,7 @@ observe: bootstrap
 
 # The node's kernel has IPVS but no nf_tables for ip tables: MODE=nftables cannot run there.
 lab-shell: bootstrap
-	UML_RUN_TIMEOUT=0 tools/uml-run -i bash -c 'ansible-playbook lab.yml -e mode=$(MODE) && \
+	UML_RUN_TIMEOUT=0 tools/uml-run -i bash -c 'ansible-playbook lab.yml -e mode=$(MODE) $(if $(NODES),-e nodes=$(NODES)) $(if $(PODS),-e pods=$(PODS)) && \
 	  echo "The lab is up in mode $(MODE) inside this node; try: ip netns exec lab-node ipvsadm -Ln. exit leaves (and discards) the node." && \
 	  exec bash --norc -i'
 

@@ -20,8 +20,13 @@ def _target_port(service):
     return service.get("target_port") or service.get("port")
 
 
+def _ip(endpoint):
+    """An endpoint's address: it is given as one, or as a mapping of EndpointSlice's fields."""
+    return endpoint["ip"] if isinstance(endpoint, dict) else endpoint
+
+
 def _targets(service):
-    return ["%s:%s" % (ip, _target_port(service)) for ip in service.get("endpoints") or []]
+    return ["%s:%s" % (_ip(endpoint), _target_port(service)) for endpoint in service.get("endpoints") or []]
 
 
 def lab_proxy_probe_targets(services, assumed_ready=()):
@@ -31,7 +36,8 @@ def lab_proxy_probe_targets(services, assumed_ready=()):
         raise AnsibleFilterError("lab_proxy_probe_targets: lab_proxy_services must be a list, got %r" % (services,))
     skipped = set(assumed_ready or ())
     targets = [target for service in services
-               for ip, target in zip(service.get("endpoints") or [], _targets(service)) if ip not in skipped]
+               for endpoint, target in zip(service.get("endpoints") or [], _targets(service))
+               if _ip(endpoint) not in skipped]
     return list(dict.fromkeys(targets))
 
 
@@ -61,18 +67,25 @@ def lab_proxy_answered(probe_output):
 
 
 def lab_proxy_ready_services(services, ready_targets, assumed_ready=()):
-    """The Services with only the endpoints whose ``ip:targetPort`` answered, or whose ip is
-    in ``assumed_ready`` (the pods the kubelet's probe found ready), left in.
+    """The Services with their endpoints marked as an EndpointSlice marks them: those whose
+    ``ip:targetPort`` answered, or whose ip is in ``assumed_ready`` (the pods the kubelet's
+    probe found ready), as they are; the others ``ready: false, serving: false``, which
+    kube-proxy leaves out.
 
-    A Service left with none keeps its entry, so kube-proxy programs its "has no endpoints"
-    rejection instead of forgetting the Service.
+    A Service left with none ready keeps its entry, so kube-proxy programs its "has no
+    endpoints" rejection instead of forgetting the Service.
     """
     ready, assumed = set(ready_targets or ()), set(assumed_ready or ())
-    return [
-        dict(service, endpoints=[ip for ip, target in zip(service.get("endpoints") or [], _targets(service))
-                                 if target in ready or ip in assumed])
-        for service in services
-    ]
+
+    def marked(endpoint, target):
+        if target in ready or _ip(endpoint) in assumed:
+            return endpoint
+        fields = dict(endpoint) if isinstance(endpoint, dict) else dict(ip=endpoint)
+        return dict(fields, ready=False, serving=False)
+
+    return [dict(service, endpoints=[marked(endpoint, target)
+                                     for endpoint, target in zip(service.get("endpoints") or [], _targets(service))])
+            for service in services]
 
 
 class FilterModule(object):

@@ -45,6 +45,11 @@ options:
         O(state=absent), or in check mode, which then plans against an empty node.
     type: str
     required: true
+  node_name:
+    description:
+      - The name of the node this kube-proxy runs on (C(--hostname-override)), matched against
+        each endpoint's C(node_name) to tell the node's own endpoints (RV(local_endpoints)).
+    type: str
   mode:
     description:
       - Data plane to program, as kube-proxy's C(--proxy-mode).
@@ -132,9 +137,14 @@ options:
         type: int
         default: 10800
       endpoints:
-        description: IPv4 addresses of the ready endpoints. An empty list makes the Service reject connections.
+        description:
+          - The Service's endpoints, each an IPv4 address (a ready endpoint) or a mapping of
+            EndpointSlice's fields, C(ip), C(node_name), C(ready) (default true), C(serving)
+            (default what C(ready) says), C(terminating) (default false).
+          - As kube-proxy does, the ready endpoints are programmed; when none is ready, those
+            serving while terminating. No usable endpoint makes the Service reject connections.
         type: list
-        elements: str
+        elements: raw
         default: []
   lock_timeout:
     description:
@@ -200,6 +210,11 @@ mode:
   returned: always
   type: str
   sample: iptables
+local_endpoints:
+  description: Per service port (C(namespace/name[:port])), the usable endpoints on O(node_name).
+  returned: when O(node_name) is given
+  type: dict
+  sample: {default/app1: [10.0.0.2, 10.0.0.4]}
 running_mode:
   description:
     - With O(state=query), the mode whose state the node holds, told by what only that mode
@@ -257,6 +272,7 @@ from ansible.module_utils.kube_proxy.model import (
     ValidationError,
     build_config,
     validate_netns,
+    validate_node_name,
 )
 from ansible.module_utils.kube_proxy.node_lock import LockTimeout, NamespaceGone, node_lock
 
@@ -278,11 +294,12 @@ SERVICE_OPTIONS = dict(
     target_port=dict(type="int"),
     session_affinity=dict(type="str", choices=list(AFFINITIES), default="None"),
     session_affinity_timeout=dict(type="int", default=DEFAULT_AFFINITY_TIMEOUT),
-    endpoints=dict(type="list", elements="str", default=[]),
+    endpoints=dict(type="list", elements="raw", default=[]),
 )
 
 ARGUMENT_SPEC = dict(
     netns=dict(type="str", required=True),
+    node_name=dict(type="str"),
     mode=dict(type="str", choices=list(MODES), default="iptables"),
     cluster_cidr=dict(type="str", default="10.0.0.0/24"),
     service_cidr=dict(type="str"),
@@ -381,6 +398,7 @@ def run_module(module):
     present = params["state"] == "present"
     try:
         netns = validate_netns(params["netns"])
+        node_name = validate_node_name(params["node_name"])
         config = build_config(
             mode=params["mode"],
             cluster_cidr=params["cluster_cidr"],
@@ -395,6 +413,9 @@ def run_module(module):
         module.fail_json(msg="lock_timeout must be 0 or more seconds, got %d" % params["lock_timeout"], field="lock_timeout")
 
     result = dict(changed=False, mode=config.mode, netns=netns, rules="", changed_chains=[], deleted_chains=[])
+    if node_name is not None:
+        result["local_endpoints"] = dict((service.port_name_string, list(service.local_endpoints(node_name)))
+                                         for service in config.services)
     netns_path = os.path.join(NETNS_DIR, netns)
     node_exists = os.path.exists(netns_path)
     if params["state"] == "query":

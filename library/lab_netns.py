@@ -17,9 +17,9 @@ description:
     wires a node and its pods. It reads each namespace once (C(ip -json -batch)), plans the
     difference, and applies it with one C(ip -batch) per namespace that needs a change, plus
     one C(sysctl -w) per namespace whose sysctls differ.
-  - It only adds and fixes. Addresses, routes and links the declaration does not name are left
-    alone (the kernel adds some of its own); with O(state=absent) it deletes whole namespaces,
-    and their links go with them.
+  - It adds and fixes. Routes and links the declaration does not name are left alone (the
+    kernel adds some of its own), and so are the addresses of a link declared without any;
+    with O(state=absent) it deletes whole namespaces, and their links go with them.
   - Every command runs inside a declared namespace (C(ip -n NETNS), C(ip netns exec NETNS));
     in the root namespace it only adds and deletes namespaces (C(ip netns add/delete)); beyond
     them it only loads the kernel modules of O(kernel_modules).
@@ -78,7 +78,10 @@ options:
                 (a pod reaching itself through a Service). Unset leaves it as it is.
             type: bool
           addresses:
-            description: IPv4 addresses with their prefix length (V(10.0.0.1/24)).
+            description:
+              - IPv4 addresses with their prefix length (V(10.0.0.1/24)). When given, they are
+                the link's only IPv4 addresses (others are deleted, as when a pod moves to
+                another subnet); a link declared without addresses keeps the ones it has.
             type: list
             elements: str
             default: []
@@ -105,6 +108,13 @@ options:
           dev:
             description: The link to route through, declared in the same namespace.
             type: str
+          state:
+            description:
+              - V(absent) deletes the route to O(namespaces[].routes[].to) when there is one
+                (a removed node's pod CIDR); it is then named by its destination only.
+            type: str
+            choices: [present, absent]
+            default: present
       sysctls:
         description: Sysctls set inside the namespace (C(net.ipv4.ip_forward=1)).
         type: dict
@@ -136,14 +146,24 @@ options:
         description: An absolute path that exists once the module is loaded or built in.
         type: str
         required: true
+  absent_namespaces:
+    description:
+      - With O(state=present), namespaces deleted (those that exist) before the declared ones
+        are built (the nodes of a lab scaled down). Their links go with them, so do the far
+        ends of their veths. Refused with another O(state), and for a name also declared.
+    type: list
+    elements: str
+    default: []
   plugged_into:
     description:
       - With O(state=absent), also delete every namespace that holds the other end of a veth
-        plugged into this bridge (the pods of a node, also those no declaration names any more,
-        found by the kernel's namespace ids, not by their names). Nothing happens when its
-        namespace or the bridge does not exist; a name that stands for the host's own namespace
-        is never deleted. Refused with another O(state).
-    type: dict
+        plugged into one of these bridges (the pods of the nodes, also those no declaration
+        names any more, found by the kernel's namespace ids, not by their names). A bridge
+        whose namespace or which itself does not exist finds nothing; a name that stands for
+        the host's own namespace is never deleted. Refused with another O(state).
+    type: list
+    elements: dict
+    default: []
     suboptions:
       netns:
         description: The namespace of the bridge.
@@ -213,7 +233,8 @@ EXAMPLES = r"""
   lab_netns:
     state: absent
     end_processes: true
-    plugged_into: {netns: lab-node, bridge: cni0}
+    plugged_into:
+      - {netns: lab-node, bridge: cni0}
 """
 
 RETURN = r"""
@@ -271,7 +292,8 @@ LINK_OPTIONS = dict(
     addresses=dict(type="list", elements="str", default=[]),
     announce=dict(type="bool", default=False),
 )
-ROUTE_OPTIONS = dict(to=dict(type="str", required=True), via=dict(type="str"), dev=dict(type="str"))
+ROUTE_OPTIONS = dict(to=dict(type="str", required=True), via=dict(type="str"), dev=dict(type="str"),
+                     state=dict(type="str", choices=["present", "absent"], default="present"))
 NAMESPACE_OPTIONS = dict(
     name=dict(type="str", required=True),
     links=dict(type="list", elements="dict", options=LINK_OPTIONS, default=[]),
@@ -282,8 +304,9 @@ KERNEL_MODULE_OPTIONS = dict(name=dict(type="str", required=True), present_if=di
 ARGUMENT_SPEC = dict(
     namespaces=dict(type="list", elements="dict", options=NAMESPACE_OPTIONS, default=[]),
     kernel_modules=dict(type="list", elements="dict", options=KERNEL_MODULE_OPTIONS, default=[]),
-    plugged_into=dict(type="dict", options=dict(netns=dict(type="str", required=True),
-                                                bridge=dict(type="str", required=True))),
+    absent_namespaces=dict(type="list", elements="str", default=[]),
+    plugged_into=dict(type="list", elements="dict", default=[],
+                      options=dict(netns=dict(type="str", required=True), bridge=dict(type="str", required=True))),
     state=dict(type="str", choices=["present", "absent", "query"], default="present"),
     end_processes=dict(type="bool", default=False),
 )
@@ -395,12 +418,16 @@ def end_processes(module, names):
 def run_module(module):
     try:
         topology = build_topology(_drop_unset(module.params["namespaces"]))
-        if module.params["plugged_into"]:
-            validate_netns_name("plugged_into.netns", module.params["plugged_into"]["netns"])
-            validate_link_name("plugged_into.bridge", module.params["plugged_into"]["bridge"])
+        for index, name in enumerate(module.params["absent_namespaces"]):
+            validate_netns_name("absent_namespaces[%d]" % index, name)
+            if name in [namespace.name for namespace in topology.namespaces]:
+                raise ValidationError("absent_namespaces[%d]" % index, "%s is also declared in namespaces" % name)
+        for index, bridge in enumerate(module.params["plugged_into"]):
+            validate_netns_name("plugged_into[%d].netns" % index, bridge["netns"])
+            validate_link_name("plugged_into[%d].bridge" % index, bridge["bridge"])
     except ValidationError as error:
         module.fail_json(msg=str(error), field=error.field)
-    for option, only in (("kernel_modules", "present"), ("plugged_into", "absent")):
+    for option, only in (("kernel_modules", "present"), ("absent_namespaces", "present"), ("plugged_into", "absent")):
         if module.params[option] and module.params["state"] != only:
             module.fail_json(msg="%s is for state=%s only (state=%s)" % (option, only, module.params["state"]),
                              field=option)
@@ -417,12 +444,12 @@ def run_module(module):
                     for namespace in topology.namespaces if namespace.name in existing)
     if present:
         try:
-            batches = plan(topology, existing, live)
+            batches = plan(topology, existing, live, module.params["absent_namespaces"])
         except ValueError as error:
             module.fail_json(msg=str(error))
     elif state == "absent":
-        if module.params["plugged_into"]:
-            plugged = plugged_namespaces(module, module.params["plugged_into"], existing)
+        for bridge in module.params["plugged_into"]:
+            plugged = plugged_namespaces(module, bridge, existing)
             names += [name for name in plugged if name not in names]
         batches = plan_absent(names, existing)
         if module.params["end_processes"]:
@@ -438,7 +465,8 @@ def run_module(module):
         changed=bool(batches or commands),
         commands=commands + [line for batch in batches for line in batch.shown()],
         created=[name for name in names if present and name not in existing],
-        deleted=[name for name in names if state == "absent" and name in existing],
+        deleted=[name for name in (names if state == "absent" else module.params["absent_namespaces"])
+                 if name in existing],
     )
     if state != "absent":
         result["found"] = dict((name, found(namespace)) for name, namespace in live.items())
@@ -447,6 +475,7 @@ def run_module(module):
         if present:
             changes = [(namespace.name,) + describe(namespace, live.get(namespace.name) if namespace.name in existing else None)
                        for namespace in topology.namespaces]
+            changes += [(name, "netns %s\n" % name, "") for name in module.params["absent_namespaces"] if name in existing]
         else:
             changes = [(name, "netns %s\n" % name, "") for name in names if name in existing]
         if loaded:

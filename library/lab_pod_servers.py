@@ -142,8 +142,9 @@ stopped:
 found:
   description:
     - The pods O(run_dir) held a pidfile, log or hold marker of, as read before any change
-      (with O(pods), every pod a teardown has to look for).
-  returned: when O(state) is V(absent)
+      (with O(pods), every pod a teardown has to look for; with O(state=present), those left by
+      a lab scaled down, whose node may be gone with their veth).
+  returned: always
   type: list
   elements: str
   sample: [pod1, pod2, pod3, pod4]
@@ -310,6 +311,7 @@ def run_module(module):
             script_changed = handle.read() != source
     except OSError:
         script_changed = True
+    found = pods_in_run_dir(run_dir)
     held, serving, starts = plan(params, script_changed)
     commands = [" ".join(start_argv(params, python, script, name, action)) for name, action in starts]
 
@@ -328,7 +330,7 @@ def run_module(module):
                                  rc=rc, stdout=stdout, stderr=stderr, commands=commands)
 
     result = dict(changed=bool(script_changed or starts), serving=serving, held=held,
-                  started=[name for name, _action in starts], commands=commands)
+                  started=[name for name, _action in starts], found=found, commands=commands)
     if params["probe"]:
         probe = dict(params["probe"], port=params["port"])
         result["ready"] = ready_pods(module, probe, serving)

@@ -36,8 +36,30 @@ class ValidationError(ValueError):
 
 
 @dataclass(frozen=True)
+class Endpoint:
+    """One endpoint of an EndpointSlice: its address, the node it runs on, and its conditions."""
+
+    ip: str
+    node_name: Optional[str] = None
+    ready: bool = True
+    serving: bool = True
+    terminating: bool = False
+
+
+def usable_endpoints(endpoints: Sequence[Endpoint]) -> Tuple[Endpoint, ...]:
+    """The endpoints kube-proxy sends new connections to (pkg/proxy/topology.go): the ready
+    ones; when none is ready, those still serving while terminating, so a Service whose pods
+    are all shutting down keeps answering until they stop."""
+    ready = tuple(endpoint for endpoint in endpoints if endpoint.ready)
+    return ready or tuple(endpoint for endpoint in endpoints if endpoint.serving and endpoint.terminating)
+
+
+@dataclass(frozen=True)
 class Service:
-    """One service port, as kube-proxy sees it (a ServicePortName plus its endpoints)."""
+    """One service port, as kube-proxy sees it (a ServicePortName plus its endpoints).
+
+    ``endpoints`` are the addresses of the usable endpoints, the ones every mode programs;
+    ``declared_endpoints`` all of them, as given, with their nodes and conditions."""
 
     namespace: str
     name: str
@@ -49,6 +71,7 @@ class Service:
     session_affinity: str
     session_affinity_timeout: int
     endpoints: Tuple[str, ...]
+    declared_endpoints: Tuple[Endpoint, ...] = ()
 
     @property
     def port_name_string(self) -> str:
@@ -67,6 +90,11 @@ class Service:
 
     def endpoint_address(self, endpoint_ip: str) -> str:
         return "%s:%d" % (endpoint_ip, self.target_port)
+
+    def local_endpoints(self, node_name: Optional[str]) -> Tuple[str, ...]:
+        """The usable endpoints on NODE_NAME (what a Local traffic policy keeps)."""
+        return tuple(endpoint.ip for endpoint in usable_endpoints(self.declared_endpoints)
+                     if node_name is not None and endpoint.node_name == node_name)
 
 
 @dataclass(frozen=True)
@@ -144,6 +172,42 @@ def _label(field: str, value: Any, pattern: "re.Pattern[str]", kind: str) -> str
     return value
 
 
+ENDPOINT_FIELDS = ("ip", "node_name", "ready", "serving", "terminating")
+# A node name is a DNS subdomain (RFC 1123), at most 253 characters.
+_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def validate_node_name(value: Any, field: str = "node_name") -> Optional[str]:
+    """A node's name (None: not given): a DNS subdomain, as Kubernetes requires of Node objects."""
+    if value is not None and (not isinstance(value, str) or len(value) > 253 or not _DNS1123_SUBDOMAIN.match(value)):
+        raise ValidationError(field, "must be a node name (a DNS subdomain: lower case, digits, '-', '.'), got %r"
+                              % (value,))
+    return value
+
+
+def build_endpoint(where: str, raw: Any) -> Endpoint:
+    """An endpoint given as its IPv4 address (ready, on no particular node), or as a mapping
+    of EndpointSlice's fields: ip, node_name, ready, serving, terminating."""
+    if not isinstance(raw, Mapping):
+        return Endpoint(ip=_ipv4(where, raw))
+    unknown = sorted(set(raw) - set(ENDPOINT_FIELDS))
+    if unknown:
+        raise ValidationError("%s.%s" % (where, unknown[0]), "unknown field (known: %s)" % ", ".join(ENDPOINT_FIELDS))
+    if "ip" not in raw:
+        raise ValidationError(where + ".ip", "is required")
+    node_name = validate_node_name(raw.get("node_name"), where + ".node_name")
+    conditions = {}
+    for condition, default in (("ready", True), ("serving", None), ("terminating", False)):
+        value = raw.get(condition, default)
+        if value is not None and not isinstance(value, bool):
+            raise ValidationError("%s.%s" % (where, condition), "must be true or false, got %r" % (value,))
+        conditions[condition] = value
+    # EndpointSlice: serving, when unset, is what ready says.
+    if conditions["serving"] is None:
+        conditions["serving"] = conditions["ready"]
+    return Endpoint(ip=_ipv4(where + ".ip", raw["ip"]), node_name=node_name, **conditions)
+
+
 def build_service(index: int, raw: Mapping[str, Any]) -> Service:
     where = "services[%d]" % index
     if not isinstance(raw, Mapping):
@@ -181,19 +245,20 @@ def build_service(index: int, raw: Mapping[str, Any]) -> Service:
 
     endpoints_raw = raw.get("endpoints") or []
     if isinstance(endpoints_raw, (str, bytes)) or not isinstance(endpoints_raw, Sequence):
-        raise ValidationError(field("endpoints"), "must be a list of IPv4 addresses, got %r" % (endpoints_raw,))
-    endpoints: List[str] = []
-    for position, endpoint in enumerate(endpoints_raw):
-        address = _ipv4("%s[%d]" % (field("endpoints"), position), endpoint)
-        if address in endpoints:
-            raise ValidationError("%s[%d]" % (field("endpoints"), position), "%s is listed twice" % address)
-        endpoints.append(address)
+        raise ValidationError(field("endpoints"), "must be a list of endpoints, got %r" % (endpoints_raw,))
+    endpoints: List[Endpoint] = []
+    for position, endpoint_raw in enumerate(endpoints_raw):
+        endpoint = build_endpoint("%s[%d]" % (field("endpoints"), position), endpoint_raw)
+        if endpoint.ip in [other.ip for other in endpoints]:
+            raise ValidationError("%s[%d]" % (field("endpoints"), position), "%s is listed twice" % endpoint.ip)
+        endpoints.append(endpoint)
 
     return Service(
         namespace=namespace, name=name, port_name=port_name, protocol=protocol,
         cluster_ip=cluster_ip, port=port, target_port=target_port,
         session_affinity=affinity, session_affinity_timeout=timeout,
-        endpoints=tuple(endpoints),
+        endpoints=tuple(endpoint.ip for endpoint in usable_endpoints(endpoints)),
+        declared_endpoints=tuple(endpoints),
     )
 
 

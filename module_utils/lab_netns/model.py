@@ -44,6 +44,7 @@ class Route:
     to: str                               # "default" or a network, IPv4
     via: Optional[str] = None
     dev: Optional[str] = None
+    present: bool = True                  # False: no route to ``to`` (a removed node's pod CIDR)
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,10 @@ def _interface(where: str, value: Any) -> str:
 
 def _route(where: str, raw: Any) -> Route:
     raw = _mapping(where, raw)
-    _known(where, raw, ("to", "via", "dev"))
+    _known(where, raw, ("to", "via", "dev", "state"))
+    state = raw.get("state", "present")
+    if state not in ("present", "absent"):
+        raise ValidationError(where + ".state", "must be present or absent, got %r" % (state,))
     to = raw.get("to")
     if to != "default":
         try:
@@ -118,6 +122,10 @@ def _route(where: str, raw: Any) -> Route:
         except ValueError:
             raise ValidationError(where + ".via", "must be an IPv4 address, got %r" % (via,))
     dev = validate_link_name(where + ".dev", raw["dev"]) if raw.get("dev") is not None else None
+    if state == "absent":
+        if via is not None or dev is not None:
+            raise ValidationError(where, "a route with state=absent is named by its destination only")
+        return Route(to=to, present=False)
     if via is None and dev is None:
         raise ValidationError(where, "needs via, dev or both")
     return Route(to=to, via=via, dev=dev)

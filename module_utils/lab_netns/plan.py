@@ -10,7 +10,9 @@ Only what differs is written: a second run with the same declaration plans nothi
 
 Like the roles it replaces, the plan only adds and fixes: addresses, routes and links the
 declaration does not name are left alone (the kernel adds some itself: connected routes,
-IPv6 link-local addresses). Whole namespaces are what the lab removes.
+IPv6 link-local addresses). What it removes is named: whole namespaces, routes declared
+absent, a link in the way of a veth's end (a pod that moved to another node still has the
+eth0 of its old node's veth), and the other IPv4 addresses of a link declared with addresses.
 """
 
 import json
@@ -123,12 +125,9 @@ def _creation_order(topology: Topology) -> List[Namespace]:
     return ordered
 
 
-def _route_matches(want: Route, have: Sequence[Route]) -> bool:
-    return any(route.to == want.to and (want.via is None or route.via == want.via)
-               and (want.dev is None or route.dev == want.dev) for route in have)
-
-
 def _route_line(route: Route) -> str:
+    if not route.present:
+        return "route del %s" % route.to
     words = ["route", "replace", route.to]
     if route.via:
         words += ["via", route.via]
@@ -137,10 +136,31 @@ def _route_line(route: Route) -> str:
     return " ".join(words)
 
 
+def _route_planned(route: Route, have: Sequence[Route]) -> bool:
+    if not route.present:
+        return any(existing.to == route.to for existing in have)
+    return not _route_matches(route, have)
+
+
+def _route_matches(want: Route, have: Sequence[Route]) -> bool:
+    return any(route.to == want.to and (want.via is None or route.via == want.via)
+               and (want.dev is None or route.dev == want.dev) for route in have)
+
+
 def _link_lines(namespace: Namespace, live: LiveNamespace) -> List[str]:
-    create, enslave, hairpin, address, up = [], [], [], [], []
+    create, enslave, hairpin, stale, address, up = [], [], [], [], [], []
     for link in namespace.links:
         have = live.links.get(link.name)
+        # A link declared with addresses has those only: a pod given another address (moved
+        # to another node's subnet) must not keep answering from, and sending with, the old.
+        # Deleted first, and then every declared address is added again: deleting a primary
+        # address deletes its secondaries, and the routes through the link go with the last
+        # address of their subnet, so they are planned anew too.
+        gone = [kept for kept in (have.addresses if have is not None and link.addresses else ())
+                if kept not in link.addresses]
+        stale += ["address del %s dev %s" % (old, link.name) for old in gone]
+        if gone:
+            live.routes = [route for route in live.routes if route.dev != link.name]
         if have is None and link.kind is not None:
             line = "link add %s type %s" % (link.name, link.kind)
             if link.kind == "veth":
@@ -151,24 +171,45 @@ def _link_lines(namespace: Namespace, live: LiveNamespace) -> List[str]:
         if link.hairpin is not None and (have is None or have.hairpin != link.hairpin):
             hairpin.append("link set dev %s type bridge_slave hairpin %s" % (link.name, "on" if link.hairpin else "off"))
         for wanted in link.addresses:
-            if have is None or wanted not in have.addresses:
+            if have is None or wanted not in have.addresses or gone:
                 address.append("address replace %s dev %s" % (wanted, link.name))
         if have is None or not have.up:
             up.append("link set dev %s up" % link.name)
-    return create + enslave + hairpin + address + up
+    return create + enslave + hairpin + stale + address + up
 
 
-def plan(topology: Topology, existing: Sequence[str], live: Dict[str, LiveNamespace]) -> List[Batch]:
-    """The batches that bring ``live`` (per existing namespace) to ``topology``, in order."""
-    batches: List[Batch] = []
+def _links_in_the_way(namespace: Namespace, live: Dict[str, LiveNamespace]) -> List[Batch]:
+    """A veth about to be created whose end's name is already taken in the peer's namespace
+    (the end of another veth: a pod moved from one node's bridge to another's): that link is
+    deleted first, and forgotten from ``live`` so the peer's own batch configures the new end."""
+    deletions = []
+    for link in namespace.links:
+        if link.kind != "veth" or link.name in live.get(namespace.name, LiveNamespace()).links:
+            continue
+        peer = live.get(link.peer_netns)
+        if peer is not None and link.peer_name in peer.links:
+            del peer.links[link.peer_name]
+            peer.routes = [route for route in peer.routes if route.dev != link.peer_name]
+            deletions.append(Batch(link.peer_netns, ("ip", "-n", link.peer_netns, "link", "delete", link.peer_name)))
+    return deletions
+
+
+def plan(topology: Topology, existing: Sequence[str], live: Dict[str, LiveNamespace],
+         absent: Sequence[str] = ()) -> List[Batch]:
+    """The batches that bring ``live`` (per existing namespace) to ``topology``, in order; the
+    namespaces named in ``absent`` are deleted first (they may hold the ends of declared veths)."""
+    batches: List[Batch] = plan_absent(absent, existing)
+    live = dict((name, LiveNamespace(dict(namespace.links), list(namespace.routes), namespace.sysctls))
+                for name, namespace in live.items())
     missing = [namespace.name for namespace in topology.namespaces if namespace.name not in existing]
     if missing:
         batches.append(Batch(None, ("ip", "-batch", "-"), tuple("netns add %s" % name for name in missing)))
     announcements: List[Batch] = []
     for namespace in _creation_order(topology):
+        batches += _links_in_the_way(namespace, live)
         have = live.get(namespace.name, LiveNamespace())
         lines = _link_lines(namespace, have)
-        lines += [_route_line(route) for route in namespace.routes if not _route_matches(route, have.routes)]
+        lines += [_route_line(route) for route in namespace.routes if _route_planned(route, have.routes)]
         if lines:
             batches.append(Batch(namespace.name, ("ip", "-n", namespace.name, "-batch", "-"), tuple(lines)))
         announcements += _announcements(namespace, have)
@@ -231,12 +272,16 @@ def describe(namespace: Namespace, live: Optional[LiveNamespace]) -> Tuple[str, 
         have = live.links.get(link.name) if live is not None else None
         if have is not None:
             before.append(link_line(link, have.kind, have.master, have.hairpin, have.up, have.addresses))
-        kept = have.addresses if have is not None else ()
+        kept = have.addresses if have is not None and not link.addresses else ()
         after.append(link_line(link, link.kind or (have.kind if have else None),
                                link.master or (have.master if have else None),
                                link.hairpin if link.hairpin is not None else (have.hairpin if have else None),
                                True, set(link.addresses) | set(kept)))
     for route in namespace.routes:
+        if not route.present:
+            if live is not None and _route_planned(route, live.routes):
+                before.append("  route %s" % route.to)
+            continue
         line = "  " + _route_line(route).replace("route replace", "route")
         if live is not None and _route_matches(route, live.routes):
             before.append(line)

@@ -251,23 +251,30 @@ def distribution(data, endpoints):
     names = [pod["name"] for pod in data["pods"]]
     names += [name for name in answered if name not in names]
     by_name = {pod["name"]: pod["ip"] for pod in data["pods"]}
+    node_of = {pod["name"]: pod.get("node", "?") for pod in data["pods"]}
+    # One node: the table the one-node lab always printed; pods on several nodes: which one.
+    with_node = len(set(node_of.values())) > 1
+
+    def row(name, ip, node, *rest):
+        return "  %-8s %-10s " % (name, ip) + ("%-10s " % node if with_node else "") + "%6s %8s %9s   %s" % rest
+
     lines = [
         "%d requests from %s to %s (%s, mode %s):" % (result["count"], data["source"], result["url"],
                                                         data["service"], data["mode"]),
         "",
-        "  %-8s %-10s %6s %8s %9s   %s" % ("pod", "ip", "count", "share", "expected", "source address(es) the pod saw"),
+        row("pod", "ip", "node", "count", "share", "expected", "source address(es) the pod saw"),
     ]
     for name in names:
         pod = answered.get(name, {"count": 0, "clients": {}})
         ip = by_name.get(name, "?")
         expected = "%5.1f %%" % (100.0 / len(endpoints)) if ip in endpoints else "  - (not an endpoint)"
         clients = ", ".join("%s (%d)" % item for item in sorted(pod["clients"].items())) or "-"
-        lines.append("  %-8s %-10s %6d %8s %9s   %s" % (name, ip, pod["count"], percent(pod["count"], result["count"]),
-                                                       expected, clients))
+        lines.append(row(name, ip, node_of.get(name, "?"), pod["count"], percent(pod["count"], result["count"]),
+                         expected, clients))
     failed = sum(result["failed"].values())
     if failed:
-        lines.append("  %-8s %-10s %6d %8s %9s   %s" % ("failed", "", failed, percent(failed, result["count"]), "0.0 %",
-                                                        ", ".join("%s: %d" % item for item in sorted(result["failed"].items()))))
+        lines.append(row("failed", "", "", failed, percent(failed, result["count"]), "0.0 %",
+                         ", ".join("%s: %d" % item for item in sorted(result["failed"].items()))))
     lines.append("")
     lines.append("Endpoints programmed in the kernel: %s (%d, so each should get 1/%d)."
                  % (", ".join(endpoints) or "none", len(endpoints), max(len(endpoints), 1)))

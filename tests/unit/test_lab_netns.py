@@ -102,6 +102,43 @@ def test_absent_deletes_only_the_namespaces_that_exist():
     assert plan_absent(["lab-pod2"], ["lab-node"]) == []
 
 
+def test_a_route_declared_absent_is_deleted_only_when_there():
+    node = dict(NODE, routes=NODE["routes"] + [dict(to="10.0.1.0/24", state="absent")])
+    live = built_live()
+    assert plan(build_topology([node, POD1]), ["lab-node", "lab-pod1"], live) == []
+    live["lab-node"].routes.append(parse_route("10.0.1.0/24", via="192.168.100.12", dev="eth0"))
+    assert shown(plan(build_topology([node, POD1]), ["lab-node", "lab-pod1"], live)) == [
+        "ip -n lab-node route del 10.0.1.0/24"]
+
+
+def test_absent_namespaces_go_before_anything_is_built():
+    assert shown(plan(build_topology([NODE, POD1]), ["lab-node", "lab-pod1", "lab-node2"], built_live(),
+                      absent=["lab-node2", "lab-node3"])) == ["ip netns delete lab-node2"]
+
+
+def test_a_pod_moved_to_another_node_loses_its_old_end_first():
+    """lab-pod1's eth0 is the end of lab-node's veth-pod1; declared on lab-node2 instead, that
+    eth0 is in the way of the new veth's end: deleted first, then configured afresh."""
+    node2 = dict(name="lab-node2", links=[dict(name="cni0", kind="bridge", addresses=["10.0.1.1/24"]),
+                                          dict(name="veth-pod1", kind="veth", peer=dict(name="eth0", netns="lab-pod1"),
+                                               master="cni0")])
+    pod1 = dict(POD1, links=[dict(name="lo"), dict(name="eth0", addresses=["10.0.1.2/24"])],
+                routes=[dict(to="default", via="10.0.1.1")])
+    live = built_live()
+    live["lab-node2"] = LiveNamespace(links={"cni0": LiveLink("cni0", "bridge", None, None, True, ("10.0.1.1/24",))})
+    before = repr(live)
+    assert shown(plan(build_topology([node2, pod1]), ["lab-node", "lab-node2", "lab-pod1"], live)) == [
+        "ip -n lab-pod1 link delete eth0",
+        "ip -n lab-node2 link add veth-pod1 type veth peer name eth0 netns lab-pod1",
+        "ip -n lab-node2 link set dev veth-pod1 master cni0",
+        "ip -n lab-node2 link set dev veth-pod1 up",
+        "ip -n lab-pod1 address replace 10.0.1.2/24 dev eth0",
+        "ip -n lab-pod1 link set dev eth0 up",
+        "ip -n lab-pod1 route replace default via 10.0.1.1",
+    ]
+    assert repr(live) == before, "the plan changed the live state it was given"
+
+
 IP_BATCH_OUTPUT = json.dumps([
     {"ifindex": 1, "ifname": "lo", "flags": ["LOOPBACK", "UP", "LOWER_UP"],
      "addr_info": [{"family": "inet", "local": "127.0.0.1", "prefixlen": 8}]},
@@ -148,6 +185,8 @@ def test_parse_wants_both_arrays():
     ([dict(name="n", routes=[dict(to="10.96.0.0/12", dev="cni0")])], "namespaces[0].routes[0].dev"),
     ([dict(name="n", routes=[dict(to="somewhere", via="10.0.0.1")])], "namespaces[0].routes[0].to"),
     ([dict(name="n", routes=[dict(to="default")])], "namespaces[0].routes[0]"),
+    ([dict(name="n", routes=[dict(to="default", via="10.0.0.1", state="gone")])], "namespaces[0].routes[0].state"),
+    ([dict(name="n", routes=[dict(to="default", via="10.0.0.1", state="absent")])], "namespaces[0].routes[0]"),
     ([dict(name="n", sysctls={"net.ipv4.ip_forward": True})], "namespaces[0].sysctls.net.ipv4.ip_forward"),
     ([dict(name="n", colour="blue")], "namespaces[0].colour"),
 ])
@@ -214,3 +253,30 @@ def test_plugged_peers_are_the_namespaces_at_the_far_end_of_the_bridge_veths():
 def test_a_peer_whose_namespace_has_no_name_is_left_out():
     assert plugged_peers(BRIDGE_PORTS, json.dumps([dict(nsid=0, name="lab-pod1"), dict(nsid=2)])) == ["lab-pod1"]
     assert plugged_peers("[]", "") == []
+
+
+def test_a_pod_given_another_address_loses_the_old_one_and_gets_its_route_back():
+    """lab-pod1 at 10.0.0.3 now (its node's subnet shifted): 10.0.0.2 goes first (deleting a
+    primary address deletes its secondaries), and the default route, which went with it, is
+    planned again."""
+    pod1 = dict(POD1, links=[dict(name="lo"), dict(name="eth0", addresses=["10.0.0.3/24"])])
+    assert shown(plan(build_topology([NODE, pod1]), ["lab-node", "lab-pod1"], built_live())) == [
+        "ip -n lab-pod1 address del 10.0.0.2/24 dev eth0",
+        "ip -n lab-pod1 address replace 10.0.0.3/24 dev eth0",
+        "ip -n lab-pod1 route replace default via 10.0.0.1",
+    ]
+
+
+def test_a_link_declared_without_addresses_keeps_its_own():
+    assert plan(build_topology([NODE, POD1]), ["lab-node", "lab-pod1"], built_live()) == []
+    assert "127.0.0.1/8" in built_live()["lab-node"].links["lo"].addresses
+
+
+def test_an_address_kept_beside_a_stale_primary_is_added_again_after_it_goes():
+    live = built_live()
+    live["lab-pod1"].links["eth0"].addresses = ("10.0.0.4/24", "10.0.0.2/24")
+    assert shown(plan(build_topology([NODE, POD1]), ["lab-node", "lab-pod1"], live)) == [
+        "ip -n lab-pod1 address del 10.0.0.4/24 dev eth0",
+        "ip -n lab-pod1 address replace 10.0.0.2/24 dev eth0",
+        "ip -n lab-pod1 route replace default via 10.0.0.1",
+    ]

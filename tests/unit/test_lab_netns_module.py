@@ -191,7 +191,7 @@ def test_a_bad_kernel_module_is_refused_by_field(monkeypatch, kernel_module, fie
 def test_absent_plugged_into_also_deletes_the_namespaces_behind_the_bridge_ports(monkeypatch):
     host = FakeHost(existing=["lab-node", "lab-pod1", "lab-pod7", "lab-pod2"])
     outcome = run(monkeypatch, dict(state="absent", namespaces=[dict(name="lab-pod2")],
-                                    plugged_into=dict(netns="lab-node", bridge="cni0")), host, diff=True)
+                                    plugged_into=[dict(netns="lab-node", bridge="cni0")]), host, diff=True)
     assert outcome.result["deleted"] == ["lab-pod2", "lab-pod1", "lab-pod7"]
     assert host.writes()[-1] == (["ip", "-batch", "-"], "netns delete lab-pod2\nnetns delete lab-pod1\nnetns delete lab-pod7\n")
     assert [diff["before"] for diff in outcome.result["diff"]] == ["netns lab-pod2\n", "netns lab-pod1\n", "netns lab-pod7\n"]
@@ -199,16 +199,16 @@ def test_absent_plugged_into_also_deletes_the_namespaces_behind_the_bridge_ports
 
 def test_absent_plugged_into_a_missing_bridge_or_node_finds_nothing(monkeypatch):
     host = FakeHost(existing=["lab-node", "lab-pod1"])
-    outcome = run(monkeypatch, dict(state="absent", plugged_into=dict(netns="lab-node", bridge="gone0")), host)
+    outcome = run(monkeypatch, dict(state="absent", plugged_into=[dict(netns="lab-node", bridge="gone0")]), host)
     assert not outcome.failed and outcome.result["deleted"] == [] and not outcome.result["changed"]
     host = FakeHost(existing=["lab-pod1"])
-    outcome = run(monkeypatch, dict(state="absent", plugged_into=dict(netns="lab-node", bridge="cni0")), host)
+    outcome = run(monkeypatch, dict(state="absent", plugged_into=[dict(netns="lab-node", bridge="cni0")]), host)
     assert outcome.result["deleted"] == [] and not any("master" in argv for argv, _data in host.calls)
 
 
 @pytest.mark.parametrize("plugged_into, field", [
-    (dict(netns="no/slash", bridge="cni0"), "plugged_into.netns"),
-    (dict(netns="lab-node", bridge=""), "plugged_into.bridge"),
+    ([dict(netns="no/slash", bridge="cni0")], "plugged_into[0].netns"),
+    ([dict(netns="lab-node", bridge="cni0"), dict(netns="lab-node2", bridge="")], "plugged_into[1].bridge"),
 ])
 def test_a_bad_plugged_into_is_refused_by_field(monkeypatch, plugged_into, field):
     host = FakeHost()
@@ -219,7 +219,8 @@ def test_a_bad_plugged_into_is_refused_by_field(monkeypatch, plugged_into, field
 @pytest.mark.parametrize("args, field", [
     (dict(state="absent", kernel_modules=[dict(name="br_netfilter", present_if="/x")]), "kernel_modules"),
     (dict(state="query", kernel_modules=[dict(name="br_netfilter", present_if="/x")]), "kernel_modules"),
-    (dict(state="present", plugged_into=dict(netns="lab-node", bridge="cni0")), "plugged_into"),
+    (dict(state="present", plugged_into=[dict(netns="lab-node", bridge="cni0")]), "plugged_into"),
+    (dict(state="absent", absent_namespaces=["lab-node2"]), "absent_namespaces"),
 ])
 def test_an_option_of_another_state_is_refused_not_ignored(monkeypatch, args, field):
     host = FakeHost()
@@ -227,11 +228,29 @@ def test_an_option_of_another_state_is_refused_not_ignored(monkeypatch, args, fi
     assert outcome.failed and outcome.result["field"] == field and host.calls == []
 
 
+def test_absent_namespaces_are_deleted_first_and_reported(monkeypatch):
+    host = FakeHost(existing=["lab-node2"])
+    outcome = run(monkeypatch, dict(namespaces=[NODE, POD1], absent_namespaces=["lab-node2", "lab-node3"]), host,
+                  diff=True)
+    assert host.writes()[0] == (["ip", "-batch", "-"], "netns delete lab-node2\n")
+    assert outcome.result["deleted"] == ["lab-node2"] and outcome.result["created"] == ["lab-node", "lab-pod1"]
+    assert dict(before="netns lab-node2\n", after="", before_header="lab-node2 (before)",
+                after_header="lab-node2 (after)") in outcome.result["diff"]
+
+
+@pytest.mark.parametrize("absent, field", [(["lab node2"], "absent_namespaces[0]"),
+                                           (["lab-node2", "lab-node"], "absent_namespaces[1]")])
+def test_a_bad_absent_namespace_is_refused_by_field(monkeypatch, absent, field):
+    host = FakeHost()
+    outcome = run(monkeypatch, dict(namespaces=[NODE, POD1], absent_namespaces=absent), host)
+    assert outcome.failed and outcome.result["field"] == field and host.calls == []
+
+
 def test_plugged_into_never_deletes_a_name_for_the_hosts_own_namespace(monkeypatch):
     monkeypatch.setattr(lab_netns_module, "_is_root_namespace", lambda name: name == "lab-pod7")
     host = FakeHost(existing=["lab-node", "lab-pod1", "lab-pod7"])
     outcome = run(monkeypatch, dict(state="absent", end_processes=True,
-                                    plugged_into=dict(netns="lab-node", bridge="cni0")), host)
+                                    plugged_into=[dict(netns="lab-node", bridge="cni0")]), host)
     assert outcome.result["deleted"] == ["lab-pod1"]
     assert not any(argv[:4] == ["ip", "netns", "pids", "lab-pod7"] for argv, _data in host.calls)
 

@@ -17,6 +17,10 @@ APP1 = dict(name="app1", cluster_ip="10.96.0.10", port=80, target_port=8080, end
 APP2 = dict(name="app2", cluster_ip="10.96.0.20", port=8080, endpoints=["10.0.0.2", "10.0.0.3"])
 
 
+def UNREADY(ip):  # noqa: N802 - reads like the constant it stands for
+    return dict(ip=ip, ready=False, serving=False)
+
+
 def test_each_endpoint_is_probed_once_at_its_target_port():
     assert probe_targets([APP1, APP2]) == ["10.0.0.2:8080", "10.0.0.3:8080", "10.0.0.4:8080"]
 
@@ -37,22 +41,32 @@ def test_services_must_be_a_list():
 
 def test_only_the_endpoints_that_answered_stay():
     (app1,) = ready_services([APP1], ["10.0.0.2:8080", "10.0.0.4:8080"])
-    assert app1["endpoints"] == ["10.0.0.2", "10.0.0.4"]
+    assert app1["endpoints"] == ["10.0.0.2", UNREADY("10.0.0.3"), "10.0.0.4"]
     assert APP1["endpoints"] == ["10.0.0.2", "10.0.0.3", "10.0.0.4"], "the declared Service was changed"
 
 
 def test_an_answer_on_another_port_does_not_count():
     (app2,) = ready_services([dict(APP2, port=9000)], ["10.0.0.2:8080"])
-    assert app2["endpoints"] == []
+    assert app2["endpoints"] == [UNREADY("10.0.0.2"), UNREADY("10.0.0.3")]
 
 
 def test_a_service_left_with_no_endpoint_is_kept_for_its_rejection():
-    assert ready_services([APP1, APP2], []) == [dict(APP1, endpoints=[]), dict(APP2, endpoints=[])]
+    assert ready_services([APP1, APP2], []) == [
+        dict(APP1, endpoints=[UNREADY(ip) for ip in APP1["endpoints"]]),
+        dict(APP2, endpoints=[UNREADY(ip) for ip in APP2["endpoints"]])]
+
+
+def test_endpoint_objects_keep_their_node_and_are_marked_like_addresses():
+    app1 = dict(APP1, endpoints=[dict(ip="10.0.0.2", node_name="lab-node"), dict(ip="10.0.1.2", node_name="lab-node2")])
+    assert probe_targets([app1]) == ["10.0.0.2:8080", "10.0.1.2:8080"]
+    (ready,) = ready_services([app1], ["10.0.1.2:8080"])
+    assert ready["endpoints"] == [dict(ip="10.0.0.2", node_name="lab-node", ready=False, serving=False),
+                                  dict(ip="10.0.1.2", node_name="lab-node2")]
 
 
 def test_assumed_ready_addresses_count_without_an_answer():
     (app1,) = ready_services([APP1], ["10.0.0.2:8080"], ["10.0.0.4"])
-    assert app1["endpoints"] == ["10.0.0.2", "10.0.0.4"]
+    assert app1["endpoints"] == ["10.0.0.2", UNREADY("10.0.0.3"), "10.0.0.4"]
 
 
 def test_assumed_ready_endpoints_are_not_probed():

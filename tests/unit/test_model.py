@@ -142,3 +142,38 @@ def test_service_cidr_is_optional_and_validated():
     with pytest.raises(ValidationError) as caught:
         config(APP1, service_cidr="10.96.0.1/12")
     assert caught.value.field == "service_cidr"
+
+
+def test_endpoint_objects_program_only_the_ready_and_keep_their_nodes():
+    (svc,) = config(service(endpoints=[
+        dict(ip="10.0.0.2", node_name="lab-node"),
+        dict(ip="10.0.1.2", node_name="lab-node2", ready=False),
+        "10.0.0.3",
+    ])).services
+    assert svc.endpoints == ("10.0.0.2", "10.0.0.3")
+    assert [(endpoint.ip, endpoint.node_name, endpoint.serving) for endpoint in svc.declared_endpoints] == [
+        ("10.0.0.2", "lab-node", True), ("10.0.1.2", "lab-node2", False), ("10.0.0.3", None, True)]
+    assert svc.local_endpoints("lab-node") == ("10.0.0.2",)
+    assert svc.local_endpoints("lab-node2") == ()
+
+
+def test_when_none_is_ready_the_serving_terminating_ones_are_used():
+    (svc,) = config(service(endpoints=[
+        dict(ip="10.0.0.2", ready=False, serving=True, terminating=True),
+        dict(ip="10.0.0.3", ready=False, serving=False, terminating=True),
+        dict(ip="10.0.0.4", ready=False),
+    ])).services
+    assert svc.endpoints == ("10.0.0.2",)
+
+
+@pytest.mark.parametrize("endpoint, field, words", [
+    (dict(node_name="lab-node"), "services[0].endpoints[0].ip", "is required"),
+    (dict(ip="10.0.0.300"), "services[0].endpoints[0].ip", "IPv4"),
+    (dict(ip="10.0.0.2", node_name="Lab_Node"), "services[0].endpoints[0].node_name", "node name"),
+    (dict(ip="10.0.0.2", ready="yes"), "services[0].endpoints[0].ready", "true or false"),
+    (dict(ip="10.0.0.2", zone="a"), "services[0].endpoints[0].zone", "unknown field"),
+])
+def test_a_bad_endpoint_object_names_its_field(endpoint, field, words):
+    with pytest.raises(ValidationError) as raised:
+        config(service(endpoints=[endpoint]))
+    assert raised.value.field == field and words in str(raised.value)

@@ -362,3 +362,19 @@ def test_query_of_a_missing_node_says_none(monkeypatch, tmp_path):
     node = FakeNode()
     outcome = run(monkeypatch, dict(netns="lab-node", state="query"), node)
     assert not outcome.failed and outcome.result["running_mode"] is None and node.calls == []
+
+
+def test_the_nodes_own_endpoints_are_returned_and_only_ready_ones_programmed(monkeypatch, netns_exists):
+    endpoints = [dict(ip="10.0.0.2", node_name="lab-node"), dict(ip="10.0.1.2", node_name="lab-node2"),
+                 dict(ip="10.0.0.3", node_name="lab-node", ready=False, serving=False)]
+    outcome = run(monkeypatch, app1_args(node_name="lab-node", services=[dict(APP1, endpoints=endpoints)]), FakeNode(),
+                  check_mode=True)
+    assert not outcome.failed
+    assert outcome.result["local_endpoints"] == {"default/app1": ["10.0.0.2"]}
+    assert "10.0.1.2:8080" in outcome.result["rules"] and "10.0.0.3:8080" not in outcome.result["rules"]
+
+
+def test_a_bad_node_name_is_refused_before_any_command(monkeypatch, netns_exists):
+    node = FakeNode()
+    outcome = run(monkeypatch, app1_args(node_name="Lab Node"), node)
+    assert outcome.failed and outcome.result["field"] == "node_name" and node.calls == []

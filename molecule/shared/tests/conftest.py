@@ -19,8 +19,16 @@ PROJECT = os.environ.get("MOLECULE_PROJECT_DIRECTORY", os.getcwd())
 # logic (module_utils/kube_proxy), for tests that check the kernel with the code's helpers.
 sys.path[:0] = [os.path.dirname(HERE), os.path.join(PROJECT, "tools"), os.path.join(PROJECT, "module_utils")]
 
+from kube_proxy.model import build_config  # noqa: E402 - importable once module_utils is on the path
+
 MAX_TRIES = 60
 ANSWER = re.compile(r"^pod=(?P<pod>\S+) client=(?P<ip>[0-9.]+):(?P<port>\d+)$")
+
+
+def endpoint_ips(service):
+    """The addresses of a declared Service's usable endpoints, as the kube_proxy module reads
+    them (an endpoint may be an address or an EndpointSlice-like mapping)."""
+    return list(build_config("iptables", "10.0.0.0/16", [service]).services[0].endpoints)
 
 
 def ephemeral_dir():
@@ -36,6 +44,11 @@ def load_lab():
     for pod in lab["pods"]:
         pod["netns"] = lab["pods_netns_prefix"] + pod["name"]
     return lab
+
+
+def infrastructure(lab):
+    """The lab's namespaces that are not pods: its nodes, the LAN and the client."""
+    return [node["netns"] for node in lab["nodes"]] + [lab["lan_netns"], lab["client_netns"]]
 
 
 def sources(lab):

@@ -17,7 +17,7 @@ import re
 
 import pytest
 
-from conftest import Answers, curl, play
+from conftest import Answers, curl, endpoint_ips, play
 from test_lab import kernel_probability, svc_chain
 
 OBSERVE_COUNT = 300
@@ -193,11 +193,11 @@ def test_a_stopped_pod_leaves_the_service(host, lab):
 def test_a_second_service_answers(host, lab):
     app2 = lab["second_service"]
     url = "http://%s:%s/" % (app2["cluster_ip"], app2["port"])
-    backends = {pod["name"] for pod in lab["pods"] if pod["ip"] in app2["endpoints"]}
+    backends = {pod["name"] for pod in lab["pods"] if pod["ip"] in endpoint_ips(app2)}
     try:
         play("lab.yml", "--tags", "lab_proxy", mode=lab["mode"], second_service=True)
         endpoints, _ = programmed(host, lab, app2)
-        assert sorted(endpoints) == sorted(app2["endpoints"])
+        assert sorted(endpoints) == sorted(endpoint_ips(app2))
         for source in (lab["node_netns"], lab["client_netns"], lab["pods"][-1]["netns"]):
             seen = set()
             for _ in range(40):

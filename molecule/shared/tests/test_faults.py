@@ -8,7 +8,7 @@ host-safety checks that follow see the same lab.
 
 import re
 
-from conftest import play
+from conftest import infrastructure, play
 from host_snapshot import differences, namespace_snapshot
 from test_classroom import scaled_pods
 from test_modes import kernel_modes
@@ -21,7 +21,7 @@ CHECKED_PODS = 5
 
 def lab_namespaces(host, lab):
     return sorted(name for name in host.check_output("ip netns list").split()
-                  if name in (lab["node_netns"], lab["client_netns"]) or name.startswith(lab["pods_netns_prefix"]))
+                  if name in infrastructure(lab) or name.startswith(lab["pods_netns_prefix"]))
 
 
 def test_a_service_scaled_to_zero_rejects_at_once(host, lab):
@@ -32,7 +32,7 @@ def test_a_service_scaled_to_zero_rejects_at_once(host, lab):
     url = "http://%s:%s/" % (service["cluster_ip"], service["port"])
     try:
         play("lab.yml", mode=lab["mode"], pods=0)
-        left = [name for name in lab_namespaces(host, lab) if name not in (lab["node_netns"], lab["client_netns"])]
+        left = [name for name in lab_namespaces(host, lab) if name not in infrastructure(lab)]
         assert not left, "pods=0 left pod namespaces: %s" % left
         for source in (lab["node_netns"], lab["client_netns"]):
             result = host.run("ip netns exec %s curl -sS --max-time %s %s", source, str(REFUSE_WAIT), url)

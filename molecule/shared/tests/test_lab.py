@@ -7,7 +7,7 @@ import json
 import os
 
 import pytest
-from conftest import curl, ephemeral_dir
+from conftest import curl, endpoint_ips, ephemeral_dir, infrastructure
 from host_snapshot import differences, snapshot
 from kube_proxy import naming
 from kube_proxy.model import build_config
@@ -69,14 +69,14 @@ def check_iptables(host, lab):
             for line in rules.splitlines()
             if line.startswith(f"-A {svc} ") and "KUBE-SEP-" in line
         ]
-        endpoints = len(service["endpoints"])
+        endpoints = len(endpoint_ips(service))
         assert len(jumps) == endpoints
         seps = {line.split("-j ")[-1].split()[0] for line in jumps}
         assert len(seps) == endpoints and seps <= set(chains)
         for i, line in enumerate(jumps[:-1]):
             assert f"--probability {kernel_probability(endpoints, i)}" in line
         assert "--probability" not in jumps[-1]
-    if any(len(service["endpoints"]) == 3 for service in lab["services"]):
+    if any(len(endpoint_ips(service)) == 3 for service in lab["services"]):
         assert "--probability 0.33333333349" in rules and "--probability 0.50000000000" in rules
 
 
@@ -94,7 +94,7 @@ def check_ipvs(host, lab):
                 break
             reals.append((words[1], words[2], words[3]))
         assert sorted(reals) == sorted(
-            (f"{ip}:{service['target_port']}", "Masq", "1") for ip in service["endpoints"]), table
+            (f"{ip}:{service['target_port']}", "Masq", "1") for ip in endpoint_ips(service)), table
     addresses = host.check_output("ip netns exec %s ip -4 -o addr show dev kube-ipvs0", lab["node_netns"])
     for service in lab["services"]:
         assert f"inet {service['cluster_ip']}/32 " in addresses, addresses
@@ -106,7 +106,7 @@ def check_nftables(host, lab):
     for service in lab["services"]:
         element = f"{service['cluster_ip']} . {service['protocol'].lower()} . {service['port']} : goto service-"
         assert element in table, f"no service-ips element {element!r}"
-        assert f"numgen random mod {len(service['endpoints'])} vmap" in table
+        assert f"numgen random mod {len(endpoint_ips(service))} vmap" in table
 
 
 def test_kernel_holds_the_modes_state(host, lab):
@@ -150,6 +150,6 @@ def test_a_pod_server_started_with_stdin_closed_answers(host, lab):
 def test_host_root_namespace_unchanged(lab):
     with open(os.path.join(ephemeral_dir(), "host-snapshot.json"), encoding="utf-8") as handle:
         before = json.load(handle)
-    lab_netns = [lab["node_netns"], lab["client_netns"]] + [pod["netns"] for pod in lab["pods"]]
+    lab_netns = infrastructure(lab) + [pod["netns"] for pod in lab["pods"]]
     diff = differences(before, snapshot(ignore_netns=lab_netns))
     assert not diff, "the host's root network namespace changed:\n" + diff

@@ -149,7 +149,9 @@ BAD_VARIABLES = [
     ("pods", "abc", ["pods", "int"]),
     ("pods", "2.5", ["pods", "int"]),
     ("pods", "-1", ["pods must be 0 or more"]),
-    ("pods", "300", ["pods=300 do not fit", "room for 253"]),
+    ("pods", "300", ["pods=300 put 300 pods on lab-node, which do not fit", "room for 253"]),
+    ("nodes", "5", ["nodes", "1, 2, 3, 4"]),
+    ("nodes", "two", ["nodes", "int"]),
     ("second_service", "maybe", ["second_service", "bool"]),
 ]
 

@@ -38,24 +38,29 @@ def lab_node_netns(first_netns, number):
     return first_netns if number == 1 else "%s%d" % (first_netns, number)
 
 
+def _pod_cidrs(cluster_cidr):
+    """The pod CIDRs of the nodes the lab can have: the first /24s of CLUSTER_CIDR."""
+    cluster = ipaddress.IPv4Network(str(cluster_cidr))
+    if cluster.prefixlen > NODE_POD_PREFIX:
+        raise AnsibleFilterError("lab_nodes: the cluster CIDR %s is smaller than one node's /%d" % (cluster, NODE_POD_PREFIX))
+    pod_cidrs = [subnet for subnet, _number in zip(cluster.subnets(new_prefix=NODE_POD_PREFIX), range(MAX_NODES))]
+    if len(pod_cidrs) < MAX_NODES:
+        raise AnsibleFilterError("lab_nodes: the cluster CIDR %s holds %d node /%d, not %d"
+                                 % (cluster, len(pod_cidrs), NODE_POD_PREFIX, MAX_NODES))
+    return pod_cidrs
+
+
 def lab_nodes(count, first_netns, cluster_cidr, lan, first_host):
     """Nodes 1..COUNT: netns, ip (the node IP, host FIRST_HOST + k - 1 of LAN), lan_prefix_length,
     pod_cidr (the k-th /24 of CLUSTER_CIDR) and bridge_address (its first host, with the prefix)."""
     count = _count(count)
     try:
-        cluster, lan_network = ipaddress.IPv4Network(str(cluster_cidr)), ipaddress.IPv4Network(str(lan))
-        first_host = int(first_host)
+        pod_cidrs, lan_network, first_host = _pod_cidrs(cluster_cidr), ipaddress.IPv4Network(str(lan)), int(first_host)
     except (TypeError, ValueError) as error:
         raise AnsibleFilterError("lab_nodes: %s" % error)
-    if cluster.prefixlen > NODE_POD_PREFIX:
-        raise AnsibleFilterError("lab_nodes: the cluster CIDR %s is smaller than one node's /%d" % (cluster, NODE_POD_PREFIX))
-    pod_cidrs = list(cluster.subnets(new_prefix=NODE_POD_PREFIX))
     lan_hosts = list(lan_network.hosts())
     if first_host < 1 or first_host - 1 + MAX_NODES > len(lan_hosts):
         raise AnsibleFilterError("lab_nodes: the LAN %s has no room for %d node IPs from host %d" % (lan, MAX_NODES, first_host))
-    if len(pod_cidrs) < MAX_NODES:
-        raise AnsibleFilterError("lab_nodes: the cluster CIDR %s holds %d node /%d, not %d"
-                                 % (cluster, len(pod_cidrs), NODE_POD_PREFIX, MAX_NODES))
     return [dict(netns=lab_node_netns(first_netns, number),
                  ip=str(lan_hosts[first_host - 2 + number]),
                  lan_prefix_length=lan_network.prefixlen,
@@ -66,7 +71,7 @@ def lab_nodes(count, first_netns, cluster_cidr, lan, first_host):
 
 def lab_nodes_absent(count, first_netns):
     """The namespaces of the nodes beyond COUNT, up to the most the lab builds (scaling down)."""
-    return [lab_node_netns(first_netns, number) for number in range(_count(count) + 1, MAX_NODES + 1)]
+    return lab_nodes_every(first_netns)[_count(count):]
 
 
 def lab_nodes_every(first_netns):
@@ -84,10 +89,10 @@ def lab_nodes_namespaces(nodes, cluster_cidr, lan_netns, lan_bridge, bridge, ser
     """The lab_netns ``namespaces``: the LAN (a namespace with bridge LAN_BRIDGE, one port per
     node named like the node) and every node: lo, its pod bridge BRIDGE, eth0 on the LAN with
     the node IP (announced: a node scaled away and back has a new MAC, which the others would
-    otherwise learn only once their cached one failed, seconds later), the Service route, a route to every other node's pod CIDR via that node's IP,
-    and none to the pod CIDRs of the nodes beyond NODES (scaled down)."""
-    subnets = ipaddress.IPv4Network(str(cluster_cidr)).subnets(new_prefix=NODE_POD_PREFIX)
-    gone = [str(subnet) for subnet, _number in zip(subnets, range(MAX_NODES))][len(nodes):]
+    otherwise learn only once their cached one failed, seconds later), the Service route, a
+    route to every other node's pod CIDR via that node's IP, and none to the pod CIDRs of the
+    nodes beyond NODES (scaled down)."""
+    gone = [str(pod_cidr) for pod_cidr in _pod_cidrs(cluster_cidr)[len(nodes):]]
     ports = [dict(name=node["netns"], kind="veth", peer=dict(name="eth0", netns=node["netns"]), master=lan_bridge)
              for node in nodes]
     namespaces = [dict(name=lan_netns, links=[dict(name=lan_bridge, kind="bridge")] + ports)]

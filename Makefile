@@ -1,6 +1,6 @@
 # kube-proxy-lab. Run as root on Debian/Ubuntu:
 #   make lab [MODE=iptables|ipvs|nftables] [NODES=1..4] [PODS=N]   build the lab (installs what is missing first)
-#   make observe [SOURCE=node|client|pod2] [COUNT=300] [MODE=…] [NODES=… PODS=…, as for make lab]   watch the Service balance
+#   make observe [SOURCE=node|client|pod2] [COUNT=300] [MODE=…]   watch the Service balance (in the running lab's layout)
 #   make lab-shell [MODE=ipvs] [NODES=N]     a shell in a user-mode-linux node with the lab up
 #   make teardown                            remove everything the lab made
 #   make exercise E=NAME A=break|check|fix   a break-and-fix exercise in the running lab (README: Exercises)
@@ -86,7 +86,6 @@ lab: bootstrap
 # MODE only when given: without it, observe watches the lab in the mode it runs.
 observe: bootstrap
 	ansible-playbook playbooks/observe.yml $(if $(SOURCE),-e source=$(SOURCE)) $(if $(COUNT),-e count=$(COUNT)) \
-	  $(if $(NODES),-e nodes=$(NODES)) $(if $(PODS),-e pods=$(PODS)) \
 	  $(if $(filter command line environment,$(origin MODE)),-e mode=$(MODE))
 
 # The node's kernel has IPVS but no nf_tables for ip tables: MODE=nftables cannot run there.
@@ -98,7 +97,7 @@ lab-shell: bootstrap
 teardown: bootstrap
 	ansible-playbook playbooks/teardown.yml
 
-# Without E it fails listing the exercises; the mode is the one the node runs.
+# Without E it fails listing the exercises; the mode, nodes and pods are the running lab's.
 E ?=
 A ?= check
 exercise: bootstrap

@@ -80,6 +80,19 @@ def lab_nodes_every(first_netns):
     return [lab_node_netns(first_netns, number) for number in range(1, MAX_NODES + 1)]
 
 
+def lab_nodes_running(netns_names, first_netns):
+    """How many nodes the running lab has: of NETNS_NAMES (the host's network namespaces), the
+    nodes from the first on, as far as they go; 0 when there is no lab. What the playbooks that
+    act on a running lab (exercise, observe) take ``nodes`` from, so they need not be told."""
+    present = set(netns_names)
+    running = 0
+    for netns in lab_nodes_every(first_netns):
+        if netns not in present:
+            break
+        running += 1
+    return running
+
+
 def lab_nodes_every_netns(first_netns, lan_netns):
     """The lab_netns ``namespaces`` (by name) of every node the lab can have, and the LAN's."""
     return [dict(name=name) for name in lab_nodes_every(first_netns) + [lan_netns]]
@@ -113,5 +126,5 @@ def lab_nodes_namespaces(nodes, cluster_cidr, lan_netns, lan_bridge, bridge, ser
 class FilterModule(object):
     def filters(self):
         return dict(lab_nodes=lab_nodes, lab_nodes_absent=lab_nodes_absent, lab_nodes_every=lab_nodes_every,
-                    lab_nodes_every_netns=lab_nodes_every_netns,
+                    lab_nodes_every_netns=lab_nodes_every_netns, lab_nodes_running=lab_nodes_running,
                     lab_nodes_namespaces=lab_nodes_namespaces)

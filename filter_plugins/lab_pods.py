@@ -112,7 +112,18 @@ def lab_pods_netns(names, netns_prefix):
     return [dict(name=netns_prefix + name) for name in names]
 
 
+def lab_pods_running(netns_names, netns_prefix):
+    """How many pods the running lab has, as ``-e pods=N`` names them: of NETNS_NAMES (the host's
+    network namespaces), NETNS_PREFIX + pod1, pod2, ... as far as they go."""
+    present = set(netns_names)
+    running = 0
+    while "%spod%d" % (netns_prefix, running + 1) in present:
+        running += 1
+    return running
+
+
 class FilterModule(object):
     def filters(self):
         return dict(lab_pods=lab_pods, lab_pods_namespaces=lab_pods_namespaces, lab_pods_unplugged=lab_pods_unplugged,
-                    lab_pods_endpoints=lab_pods_endpoints, lab_pods_bridges=lab_pods_bridges, lab_pods_netns=lab_pods_netns)
+                    lab_pods_endpoints=lab_pods_endpoints, lab_pods_bridges=lab_pods_bridges, lab_pods_netns=lab_pods_netns,
+                    lab_pods_running=lab_pods_running)

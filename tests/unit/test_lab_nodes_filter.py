@@ -53,6 +53,14 @@ def test_scaling_down_names_the_nodes_beyond_the_count():
     assert FILTERS["lab_nodes_absent"](4, "lab-node") == []
 
 
+def test_the_running_lab_has_the_nodes_present_from_the_first_on():
+    running = FILTERS["lab_nodes_running"]
+    assert running(["lab-pod1", "lab-node2", "lab-node", "lab-lan"], "lab-node") == 2
+    assert running(["lab-node", "lab-node3"], "lab-node") == 1
+    assert running(["lab-node2", "lab-client"], "lab-node") == 0
+    assert running([], "lab-node") == 0
+
+
 def test_teardown_looks_for_every_node_and_the_lan():
     assert FILTERS["lab_nodes_every"]("lab-node") == ["lab-node", "lab-node2", "lab-node3", "lab-node4"]
     assert [namespace["name"] for namespace in FILTERS["lab_nodes_every_netns"]("lab-node", "lab-lan")] == [

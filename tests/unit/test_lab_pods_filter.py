@@ -122,3 +122,10 @@ def test_pods_to_delete_are_namespaces_by_name():
 def test_teardown_empties_the_bridge_of_every_node():
     assert FILTERS["lab_pods_bridges"](["lab-node", "lab-node2"], "cni0") == [
         dict(netns="lab-node", bridge="cni0"), dict(netns="lab-node2", bridge="cni0")]
+
+
+def test_the_running_lab_has_the_pods_named_as_pods_n_names_them():
+    running = lab_pods_filter.FilterModule().filters()["lab_pods_running"]
+    assert running(["lab-node", "lab-pod2", "lab-pod1", "lab-pod3", "lab-client"], "lab-") == 3
+    assert running(["lab-pod1", "lab-pod3"], "lab-") == 1
+    assert running(["lab-node", "lab-web"], "lab-") == 0

@@ -52,8 +52,16 @@ def infrastructure(lab):
 
 
 def sources(lab):
-    """Every place traffic to a ClusterIP can come from: the node, each pod, the client."""
-    return [lab["node_netns"]] + [pod["netns"] for pod in lab["pods"]] + [lab["client_netns"]]
+    """Every place traffic to a ClusterIP can come from: each node, each pod, the client."""
+    return [node["netns"] for node in lab["nodes"]] + [pod["netns"] for pod in lab["pods"]] + [lab["client_netns"]]
+
+
+def as_cluster(lab):
+    """The lab as test_cluster.py builds it (make lab NODES=2 PODS=4): its nodes and pods in
+    place of the scenario's, laid out by the lab's own filters (create.yml writes them)."""
+    layout = lab["cluster"]
+    pods = [dict(pod, netns=lab["pods_netns_prefix"] + pod["name"]) for pod in layout["pods_list"]]
+    return dict(lab, nodes=layout["node_list"], pods=pods)
 
 
 def pytest_configure(config):

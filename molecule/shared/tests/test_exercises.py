@@ -45,11 +45,30 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("exercise", MEASURED[load_lab()["mode"]])
 
 
+def bridge_address(node):
+    return node["bridge_address"].split("/")[0]
+
+
 def healthy_address(lab, source, pod):
-    """What a pod sees in the healthy lab: the pod's own address from another pod, the
-    node's bridge address from the node, from the client and from a pod reaching itself."""
-    from_pod = next((p for p in lab["pods"] if p["netns"] == source), None)
-    return from_pod["ip"] if from_pod and from_pod["name"] != pod else lab["node_ip"]
+    """What a pod sees in the healthy lab. From another pod, that pod's own address (pod
+    traffic is routed, never masqueraded); from a pod reaching itself, its node's bridge
+    (kube-proxy masquerades the hairpin). From the client, the first node's address on the
+    way to the pod, for that node DNATs and masquerades it: its bridge's for its own pods, its
+    node IP for the others'. From a node, its bridge address, the Service route's source and
+    inside the cluster CIDR, so never masqueraded; in IPVS mode the node's source is the
+    ClusterIP, local on kube-ipvs0, and masqueraded like the client's."""
+    nodes = {node["netns"]: node for node in lab["nodes"]}
+    target = next(each for each in lab["pods"] if each["name"] == pod)
+
+    def masqueraded_by(node):
+        return bridge_address(node) if node["netns"] == target["node"] else node["ip"]
+
+    from_pod = next((each for each in lab["pods"] if each["netns"] == source), None)
+    if from_pod:
+        return from_pod["ip"] if from_pod is not target else bridge_address(nodes[target["node"]])
+    if source == lab["client_netns"]:
+        return masqueraded_by(lab["nodes"][0])
+    return masqueraded_by(nodes[source]) if lab["mode"] == "ipvs" else bridge_address(nodes[source])
 
 
 def healthy(lab):
@@ -57,10 +76,14 @@ def healthy(lab):
     return {source: Expect(every_pod, False) for source in sources(lab)}
 
 
+def pods_on(lab, node):
+    return {pod["name"] for pod in lab["pods"] if pod["node"] == node["netns"]}
+
+
 def expected(exercise, lab, client_ip):
     """The symptom, per source, as measured in this lab (see the exercise texts in
     roles/lab_exercise/vars/main.yml for why)."""
-    node, client = lab["node_netns"], lab["client_netns"]
+    node, client = lab["nodes"][0]["netns"], lab["client_netns"]
     every_pod = {pod["name"] for pod in lab["pods"]}
     expect = healthy(lab)
     if exercise == "br_netfilter":
@@ -78,6 +101,23 @@ def expected(exercise, lab, client_ip):
     elif exercise == "ip_forward":
         for source in [pod["netns"] for pod in lab["pods"]] + [client]:
             expect[source] = Expect(set(), True)
+    elif exercise == "masquerade" and len(lab["nodes"]) > 1:
+        on_first = pods_on(lab, lab["nodes"][0])
+        for pod in lab["pods"]:
+            if pod["name"] in on_first:
+                expect[pod["netns"]] = Expect(every_pod - {pod["name"]}, True)
+        expect[client] = Expect(on_first, True, client_ip)
+        if lab["mode"] == "ipvs":  # the node's source, the ClusterIP, is local on every node's kube-ipvs0
+            expect[node] = Expect(on_first, True, lab["services"][0]["cluster_ip"])
+    elif exercise == "pod_route":  # the second node has no route back to the first node's pods
+        first, second = lab["nodes"][:2]
+        unreachable = {first["netns"]: pods_on(lab, second), second["netns"]: pods_on(lab, first)}
+        for pod in lab["pods"]:
+            if pod["node"] in unreachable:
+                expect[pod["netns"]] = Expect(every_pod - unreachable[pod["node"]], True)
+        for netns, pods in unreachable.items():
+            if not (lab["mode"] == "ipvs" and netns == first["netns"]):  # IPVS masquerades the node's own
+                expect[netns] = Expect(every_pod - pods, True)
     elif exercise in ("masquerade", "vs_conntrack"):  # vs_conntrack=0: IPVS's connections cannot be NATed
         for pod in lab["pods"]:
             expect[pod["netns"]] = Expect(every_pod - {pod["name"]}, True)
@@ -133,7 +173,9 @@ def client_address(host, lab):
     return addresses[0]["addr_info"][0]["local"]
 
 
-def test_exercise_breaks_and_fixes(host, lab, exercise):
+def breaks_and_fixes(host, lab, exercise):
+    """Break EXERCISE in LAB (the running lab: nodes, pods), check that the measured symptom is
+    exactly there and that check reports it, fix it, check that every source reaches every pod."""
     expect = expected(exercise, lab, client_address(host, lab))
     try:
         play("playbooks/exercise.yml", exercise=exercise, step="break")
@@ -145,3 +187,7 @@ def test_exercise_breaks_and_fixes(host, lab, exercise):
         play("playbooks/exercise.yml", exercise=exercise, step="fix")
     problems = mismatches(host, lab, healthy(lab))
     assert not problems, "after fix %s:\n" % exercise + "\n".join(problems)
+
+
+def test_exercise_breaks_and_fixes(host, lab, exercise):
+    breaks_and_fixes(host, lab, exercise)

@@ -50,6 +50,20 @@ options:
       - The name of the node this kube-proxy runs on (C(--hostname-override)), matched against
         each endpoint's C(node_name) to tell the node's own endpoints (RV(local_endpoints)).
     type: str
+  node_ips:
+    description:
+      - The node's addresses NodePorts answer on (kube-proxy's C(--nodeport-addresses), resolved
+        to this node's addresses). Empty, every local address of the node does, as kube-proxy
+        does without C(--nodeport-addresses).
+    type: list
+    elements: str
+    default: []
+  node_port_range:
+    description:
+      - The range node ports are taken from (the API server's C(--service-node-port-range)),
+        C(LOW-HIGH); O(services[].node_port) and O(services[].health_check_node_port) must lie in it.
+    type: str
+    default: 30000-32767
   mode:
     description:
       - Data plane to program, as kube-proxy's C(--proxy-mode).
@@ -146,6 +160,58 @@ options:
         type: list
         elements: raw
         default: []
+      type:
+        description:
+          - The Service's C(spec.type). V(NodePort) opens O(services[].node_port) on the node;
+            V(LoadBalancer) also takes traffic for O(services[].load_balancer_ips).
+          - Only V(ClusterIP) is programmed in V(ipvs) and V(nftables) mode so far; the others
+            are refused there, by field.
+        type: str
+        choices: [ClusterIP, NodePort, LoadBalancer]
+        default: ClusterIP
+      node_port:
+        description:
+          - The service port's C(nodePort), 30000..32767, required for V(NodePort) and
+            V(LoadBalancer) (this module allocates none), unique per protocol.
+        type: int
+      external_ips:
+        description: The Service's C(spec.externalIPs) (IPv4); traffic to them on O(services[].port) is served.
+        type: list
+        elements: str
+        default: []
+      load_balancer_ips:
+        description: The load balancer's ingress IPs (C(status.loadBalancer.ingress[].ip)), for V(LoadBalancer).
+        type: list
+        elements: str
+        default: []
+      load_balancer_source_ranges:
+        description:
+          - C(spec.loadBalancerSourceRanges), CIDRs, for V(LoadBalancer). Traffic to a load
+            balancer IP from elsewhere is dropped (the C(KUBE-FW-*) chain and C(KUBE-PROXY-FIREWALL)).
+        type: list
+        elements: str
+        default: []
+      external_traffic_policy:
+        description:
+          - C(spec.externalTrafficPolicy), for a Service reachable from outside (V(NodePort),
+            V(LoadBalancer), or O(services[].external_ips)); default V(Cluster).
+          - V(Local) sends external traffic only to endpoints whose C(node_name) is O(node_name),
+            without masquerading it, and drops it on a node that has none.
+        type: str
+        choices: [Cluster, Local]
+      internal_traffic_policy:
+        description:
+          - C(spec.internalTrafficPolicy). V(Local) sends traffic to the ClusterIP only to this
+            node's endpoints, and drops it on a node that has none.
+        type: str
+        choices: [Cluster, Local]
+        default: Cluster
+      health_check_node_port:
+        description:
+          - C(spec.healthCheckNodePort), required for a V(LoadBalancer) Service with
+            O(services[].external_traffic_policy=Local), and only there. The module accepts
+            TCP to it (C(KUBE-NODEPORTS) in filter); the lab's health check server answers it.
+        type: int
   lock_timeout:
     description:
       - Seconds to wait while another run of this module syncs the same namespace.
@@ -267,8 +333,11 @@ from ansible.module_utils.kube_proxy.model import (
     DEFAULT_AFFINITY_TIMEOUT,
     IPVS_SCHEDULERS,
     MODES,
+    NODE_PORT_RANGE,
     PROTOCOLS,
+    SERVICE_TYPES,
     STATES,
+    TRAFFIC_POLICIES,
     ValidationError,
     build_config,
     validate_netns,
@@ -295,11 +364,21 @@ SERVICE_OPTIONS = dict(
     session_affinity=dict(type="str", choices=list(AFFINITIES), default="None"),
     session_affinity_timeout=dict(type="int", default=DEFAULT_AFFINITY_TIMEOUT),
     endpoints=dict(type="list", elements="raw", default=[]),
+    type=dict(type="str", choices=list(SERVICE_TYPES), default="ClusterIP"),
+    node_port=dict(type="int"),
+    external_ips=dict(type="list", elements="str", default=[]),
+    load_balancer_ips=dict(type="list", elements="str", default=[]),
+    load_balancer_source_ranges=dict(type="list", elements="str", default=[]),
+    external_traffic_policy=dict(type="str", choices=list(TRAFFIC_POLICIES)),
+    internal_traffic_policy=dict(type="str", choices=list(TRAFFIC_POLICIES), default="Cluster"),
+    health_check_node_port=dict(type="int"),
 )
 
 ARGUMENT_SPEC = dict(
     netns=dict(type="str", required=True),
     node_name=dict(type="str"),
+    node_ips=dict(type="list", elements="str", default=[]),
+    node_port_range=dict(type="str", default="%d-%d" % NODE_PORT_RANGE),
     mode=dict(type="str", choices=list(MODES), default="iptables"),
     cluster_cidr=dict(type="str", default="10.0.0.0/24"),
     service_cidr=dict(type="str"),
@@ -406,6 +485,9 @@ def run_module(module):
             masquerade_all=params["masquerade_all"],
             ipvs_scheduler=params["ipvs_scheduler"],
             service_cidr=params["service_cidr"],
+            node_name=node_name,
+            node_ips=params["node_ips"],
+            node_port_range=params["node_port_range"],
         )
     except ValidationError as error:
         module.fail_json(msg=str(error), field=error.field)

@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Tuple
 
-from .model import ProxyConfig, Service
-from .naming import endpoint_chain, service_chain
+from .model import ProxyConfig, Service, categorize_endpoints
+from .naming import endpoint_chain, external_chain, firewall_chain, local_chain, service_chain
 
 # kube-proxy formats the mark with %#08x; iptables-save prints it back as 0x4000.
 MASQ_MARK = "0x00004000"
@@ -32,6 +32,8 @@ KUBE_SERVICES = "KUBE-SERVICES"
 KUBE_NODEPORTS = "KUBE-NODEPORTS"
 KUBE_MARK_MASQ = "KUBE-MARK-MASQ"
 KUBE_POSTROUTING = "KUBE-POSTROUTING"
+KUBE_EXTERNAL_SERVICES = "KUBE-EXTERNAL-SERVICES"
+KUBE_PROXY_FIREWALL = "KUBE-PROXY-FIREWALL"
 
 Rule = Tuple[str, ...]
 
@@ -62,12 +64,17 @@ def _comment(text: str) -> str:
     return "-m comment --comment " + _quote(text)
 
 
-def _portal_match(service: Service) -> str:
-    return "-m {p} -p {p} -d {ip} --dport {port}".format(p=service.proto, ip=service.cluster_ip, port=service.port)
+def _portal_match(service: Service, address: Optional[str] = None) -> str:
+    return "-m {p} -p {p} -d {ip} --dport {port}".format(
+        p=service.proto, ip=address or service.cluster_ip, port=service.port)
 
 
 def _probability(index: int, count: int) -> str:
     return "%0.10f" % (1.0 / (count - index))
+
+
+def _jump(comment: str, chain: str, conntrack_new: bool = True) -> str:
+    return ("-m conntrack --ctstate NEW " if conntrack_new else "") + _comment(comment) + " -j " + chain
 
 
 def render(config: ProxyConfig) -> IptablesState:
@@ -80,13 +87,19 @@ def render(config: ProxyConfig) -> IptablesState:
             "POSTROUTING": [_comment("kubernetes postrouting rules") + " -j " + KUBE_POSTROUTING],
         },
     )
-    filter_ = TableState(
-        chains={KUBE_SERVICES: []},
-        jumps={
-            chain: ["-m conntrack --ctstate NEW " + _comment("kubernetes service portals") + " -j " + KUBE_SERVICES]
-            for chain in ("FORWARD", "OUTPUT")
-        },
-    )
+    portals = _jump("kubernetes service portals", KUBE_SERVICES)
+    filter_ = TableState(chains={KUBE_SERVICES: []}, jumps={"FORWARD": [portals], "OUTPUT": [portals]})
+    if any(service.externally_accessible for service in config.services):
+        # kube-proxy's filter chains for traffic from outside, and its jumps into them (in the
+        # order its prepends leave them). A lab of ClusterIP Services keeps today's filter table.
+        filter_.chains.update({KUBE_EXTERNAL_SERVICES: [], KUBE_NODEPORTS: [], KUBE_PROXY_FIREWALL: []})
+        external = _jump("kubernetes externally-visible service portals", KUBE_EXTERNAL_SERVICES)
+        firewall = _jump("kubernetes load balancer firewall", KUBE_PROXY_FIREWALL)
+        filter_.jumps = {
+            "INPUT": [firewall, _jump("kubernetes health check service ports", KUBE_NODEPORTS, False), external],
+            "FORWARD": [firewall, portals, external],
+            "OUTPUT": [firewall, portals],
+        }
 
     nat.chains[KUBE_MARK_MASQ].append("-j MARK --or-mark " + MASQ_MARK)
     nat.chains[KUBE_POSTROUTING].extend([
@@ -97,51 +110,150 @@ def render(config: ProxyConfig) -> IptablesState:
     ])
 
     for service in config.services:
-        name = service.port_name_string
-        portal = _portal_match(service)
-        if not service.endpoints:
-            filter_.chains[KUBE_SERVICES].append(
-                _comment("%s has no endpoints" % name) + " " + portal + " -j REJECT")
-            continue
+        _render_service(config, service, nat, filter_)
 
-        svc_chain = service_chain(name, service.proto)
-        cluster_ip_comment = _comment("%s cluster IP" % name)
-        nat.chains[KUBE_SERVICES].append(cluster_ip_comment + " " + portal + " -j " + svc_chain)
+    # kube-proxy always ends KUBE-SERVICES with the jump to the NodePorts, for every local
+    # address, or for each --nodeport-addresses address.
+    last = _comment("kubernetes service nodeports; NOTE: this must be the last rule in this chain")
+    nat.chains[KUBE_SERVICES].extend(
+        ["%s -d %s -j %s" % (last, ip, KUBE_NODEPORTS) for ip in config.node_ips]
+        or [last + " -m addrtype --dst-type LOCAL -j " + KUBE_NODEPORTS])
+    return {"filter": filter_, "nat": nat}
 
-        svc_rules = nat.chains.setdefault(svc_chain, [])
+
+def _render_service(config: ProxyConfig, service: Service, nat: TableState, filter_: TableState) -> None:
+    """One service port, as kube-proxy's syncProxyRules writes it: its dispatch rules, the
+    filter rules for whatever has no endpoint to go to, and its chains (EXT, FW, SVC, SVL, SEP)."""
+    name = service.port_name_string
+    proto = service.proto
+    endpoints = categorize_endpoints(service, config.node_name)
+    cluster_chain = service_chain(name, proto)
+    local_policy_chain = local_chain(name, proto)
+    ext_chain = external_chain(name, proto)
+    fw_chain = firewall_chain(name, proto)
+
+    internal_chain, has_internal = cluster_chain, endpoints.any
+    if service.internal_policy_local:
+        internal_chain, has_internal = local_policy_chain, endpoints.any and bool(endpoints.local)
+    external_policy_chain, has_external = cluster_chain, endpoints.any
+    if service.external_policy_local:
+        external_policy_chain, has_external = local_policy_chain, endpoints.any and bool(endpoints.local)
+    uses_fw = endpoints.any and bool(service.load_balancer_ips) and bool(service.load_balancer_source_ranges)
+    lb_chain = fw_chain if uses_fw else ext_chain
+
+    # What traffic with nowhere to go meets: REJECT when the Service has no endpoint at all, DROP
+    # when a Local policy finds none on this node.
+    no_endpoints = (_comment("%s has no endpoints" % name), "REJECT")
+    no_local = (_comment("%s has no local endpoints" % name), "DROP")
+    internal_filter = no_endpoints if not endpoints.any else no_local
+    external_filter = no_endpoints if not endpoints.any else no_local
+
+    if has_internal:
+        nat.chains[KUBE_SERVICES].append("%s %s -j %s" % (_comment("%s cluster IP" % name), _portal_match(service),
+                                                         internal_chain))
+    else:
+        filter_.chains[KUBE_SERVICES].append("%s %s -j %s" % (internal_filter[0], _portal_match(service),
+                                                             internal_filter[1]))
+    for address in service.external_ips:
+        if endpoints.any:
+            nat.chains[KUBE_SERVICES].append("%s %s -j %s" % (
+                _comment("%s external IP" % name), _portal_match(service, address), ext_chain))
+        if not has_external:
+            filter_.chains[KUBE_EXTERNAL_SERVICES].append("%s %s -j %s" % (
+                external_filter[0], _portal_match(service, address), external_filter[1]))
+    for address in service.load_balancer_ips:
+        if endpoints.any:
+            nat.chains[KUBE_SERVICES].append("%s %s -j %s" % (
+                _comment("%s loadbalancer IP" % name), _portal_match(service, address), lb_chain))
+        if uses_fw:
+            filter_.chains[KUBE_PROXY_FIREWALL].append("%s %s -j DROP" % (
+                _comment("%s traffic not accepted by %s" % (name, fw_chain)), _portal_match(service, address)))
+    if not has_external:
+        for address in service.load_balancer_ips:
+            filter_.chains[KUBE_EXTERNAL_SERVICES].append("%s %s -j %s" % (
+                external_filter[0], _portal_match(service, address), external_filter[1]))
+    if service.node_port:
+        node_port = "-m {p} -p {p} --dport {n}".format(p=proto, n=service.node_port)
+        if endpoints.any:
+            # kube-proxy's localhost NodePort rule counts with nfacct, which this lab does not
+            # load; kube-proxy leaves the rule out then too.
+            nat.chains[KUBE_NODEPORTS].append("%s %s -j %s" % (_comment(name), node_port, ext_chain))
+        if not has_external:
+            filter_.chains[KUBE_EXTERNAL_SERVICES].append("%s -m addrtype --dst-type LOCAL %s -j %s" % (
+                external_filter[0], node_port, external_filter[1]))
+    if service.health_check_node_port:
+        filter_.chains[KUBE_NODEPORTS].append("%s -m tcp -p tcp --dport %d -j ACCEPT" % (
+            _comment("%s health check node port" % name), service.health_check_node_port))
+
+    if has_internal:
         # Traffic from outside the cluster CIDR must come back through this node: masquerade it.
         source = "" if config.masquerade_all else " ! -s " + config.cluster_cidr
-        svc_rules.append(cluster_ip_comment + " " + portal + source + " -j " + KUBE_MARK_MASQ)
+        nat.chains.setdefault(internal_chain, []).append("%s %s%s -j %s" % (
+            _comment("%s cluster IP" % name), _portal_match(service), source, KUBE_MARK_MASQ))
 
-        endpoint_chains = [
-            (ip, service.endpoint_address(ip), endpoint_chain(name, service.proto, service.endpoint_address(ip)))
-            for ip in service.endpoints
+    if endpoints.any and service.externally_accessible:
+        ext_rules = nat.chains.setdefault(ext_chain, [])
+        if not service.external_policy_local:
+            # The endpoint may be on another node: masquerade, so the reply comes back here.
+            ext_rules.append("%s -j %s" % (_comment("masquerade traffic for %s external destinations" % name),
+                                           KUBE_MARK_MASQ))
+        else:
+            # A pod or the node itself reaching an external address short-circuits to the
+            # Cluster endpoints, as if it had gone out to the load balancer and back; the node's
+            # own traffic is masqueraded, its source being one of the node's addresses.
+            ext_rules.extend([
+                "%s -s %s -j %s" % (_comment("pod traffic for %s external destinations" % name),
+                                    config.cluster_cidr, cluster_chain),
+                "%s -m addrtype --src-type LOCAL -j %s" % (
+                    _comment("masquerade LOCAL traffic for %s external destinations" % name), KUBE_MARK_MASQ),
+                "%s -m addrtype --src-type LOCAL -j %s" % (
+                    _comment("route LOCAL traffic for %s external destinations" % name), cluster_chain),
+            ])
+        if has_external:
+            ext_rules.append("-j " + external_policy_chain)
+
+    if uses_fw:
+        fw_comment = _comment("%s loadbalancer IP" % name)
+        fw_rules = nat.chains.setdefault(fw_chain, [])
+        fw_rules.extend("%s -s %s -j %s" % (fw_comment, cidr, ext_chain) for cidr in service.load_balancer_source_ranges)
+        node_ip = ipaddress.ip_address(config.node_ips[0]) if config.node_ips else None
+        if node_ip is not None and any(node_ip in ipaddress.ip_network(cidr) for cidr in service.load_balancer_source_ranges):
+            # A request from the node to a load balancer IP it holds loops back with that IP as its source.
+            fw_rules.extend("%s -s %s -j %s" % (fw_comment, address, ext_chain) for address in service.load_balancer_ips)
+        fw_rules.append(_comment("other traffic to %s will be dropped by KUBE-PROXY-FIREWALL" % name))
+
+    if endpoints.cluster and service.uses_cluster_endpoints:
+        _balance(service, nat.chains.setdefault(cluster_chain, []), endpoints.cluster)
+    if endpoints.local and service.uses_local_endpoints:
+        _balance(service, nat.chains.setdefault(local_policy_chain, []), endpoints.local)
+
+    for ip in endpoints.reachable:
+        address = service.endpoint_address(ip)
+        sep_chain = endpoint_chain(name, proto, address)
+        recent = " -m recent --name %s --set" % sep_chain if service.client_ip_affinity else ""
+        nat.chains[sep_chain] = [
+            # A pod reaching itself through the service: masquerade, or it would answer itself directly.
+            _comment(name) + " -s " + ip + " -j " + KUBE_MARK_MASQ,
+            _comment(name) + recent + " -m {p} -p {p} -j DNAT --to-destination {a}".format(p=proto, a=address),
         ]
-        if service.client_ip_affinity:
-            for _ip, address, sep_chain in endpoint_chains:
-                svc_rules.append(
-                    "%s -m recent --name %s --rcheck --seconds %d --reap -j %s"
-                    % (_comment("%s -> %s" % (name, address)), sep_chain, service.session_affinity_timeout, sep_chain))
-        count = len(endpoint_chains)
-        for index, (_ip, address, sep_chain) in enumerate(endpoint_chains):
-            statistic = ""
-            if index < count - 1:
-                statistic = " -m statistic --mode random --probability " + _probability(index, count)
-            svc_rules.append(_comment("%s -> %s" % (name, address)) + statistic + " -j " + sep_chain)
 
-        for ip, address, sep_chain in endpoint_chains:
-            recent = " -m recent --name %s --set" % sep_chain if service.client_ip_affinity else ""
-            nat.chains[sep_chain] = [
-                # A pod reaching itself through the service: masquerade, or it would answer itself directly.
-                _comment(name) + " -s " + ip + " -j " + KUBE_MARK_MASQ,
-                _comment(name) + recent + " -m {p} -p {p} -j DNAT --to-destination {a}".format(p=service.proto, a=address),
-            ]
 
-    # The lab declares no NodePorts, but kube-proxy always ends KUBE-SERVICES with this jump.
-    nat.chains[KUBE_SERVICES].append(
-        _comment("kubernetes service nodeports; NOTE: this must be the last rule in this chain")
-        + " -m addrtype --dst-type LOCAL -j " + KUBE_NODEPORTS)
-    return {"filter": filter_, "nat": nat}
+def _balance(service: Service, rules: List[str], ips: Tuple[str, ...]) -> None:
+    """A policy chain's jumps to its endpoint chains: the affinity checks, then one rule per
+    endpoint, each taking 1/(endpoints left) of what reaches it."""
+    name = service.port_name_string
+    endpoint_chains = [(service.endpoint_address(ip), endpoint_chain(name, service.proto, service.endpoint_address(ip)))
+                       for ip in ips]
+    if service.client_ip_affinity:
+        for address, sep_chain in endpoint_chains:
+            rules.append("%s -m recent --name %s --rcheck --seconds %d --reap -j %s"
+                         % (_comment("%s -> %s" % (name, address)), sep_chain, service.session_affinity_timeout, sep_chain))
+    count = len(endpoint_chains)
+    for index, (address, sep_chain) in enumerate(endpoint_chains):
+        statistic = ""
+        if index < count - 1:
+            statistic = " -m statistic --mode random --probability " + _probability(index, count)
+        rules.append(_comment("%s -> %s" % (name, address)) + statistic + " -j " + sep_chain)
 
 
 def absent_state() -> IptablesState:

@@ -13,11 +13,15 @@ MODES = ("iptables", "ipvs", "nftables")
 STATES = ("present", "absent", "query")
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 AFFINITIES = ("None", "ClientIP")
+SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
+TRAFFIC_POLICIES = ("Cluster", "Local")
 IPVS_SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "sh", "dh", "sed", "nq", "mh")
 
 # Kubernetes' defaults and limits (core/v1 validation).
 DEFAULT_AFFINITY_TIMEOUT = 10800
 MAX_AFFINITY_TIMEOUT = 86400
+# The API server's default --service-node-port-range.
+NODE_PORT_RANGE = (30000, 32767)
 
 # A Service name is an RFC 1035 label, a namespace and a port name RFC 1123 labels.
 _DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -72,6 +76,14 @@ class Service:
     session_affinity_timeout: int
     endpoints: Tuple[str, ...]
     declared_endpoints: Tuple[Endpoint, ...] = ()
+    type: str = "ClusterIP"
+    node_port: int = 0
+    external_ips: Tuple[str, ...] = ()
+    load_balancer_ips: Tuple[str, ...] = ()
+    load_balancer_source_ranges: Tuple[str, ...] = ()
+    external_traffic_policy: str = "Cluster"
+    internal_traffic_policy: str = "Cluster"
+    health_check_node_port: int = 0
 
     @property
     def port_name_string(self) -> str:
@@ -96,6 +108,63 @@ class Service:
         return tuple(endpoint.ip for endpoint in usable_endpoints(self.declared_endpoints)
                      if node_name is not None and endpoint.node_name == node_name)
 
+    @property
+    def externally_accessible(self) -> bool:
+        """Reachable from outside through a NodePort, a load balancer IP or an external IP."""
+        return bool(self.node_port or self.load_balancer_ips or self.external_ips)
+
+    @property
+    def external_policy_local(self) -> bool:
+        return self.externally_accessible and self.external_traffic_policy == "Local"
+
+    @property
+    def internal_policy_local(self) -> bool:
+        return self.internal_traffic_policy == "Local"
+
+    @property
+    def uses_cluster_endpoints(self) -> bool:
+        """Some traffic to it may go to any node's endpoint: the internal policy is Cluster, or
+        it takes external traffic at all (with the Local policy too, the pods' and the node's
+        own traffic to an external address short-circuits to the Cluster endpoints)."""
+        return not self.internal_policy_local or self.externally_accessible
+
+    @property
+    def uses_local_endpoints(self) -> bool:
+        """Some traffic to it may only go to this node's endpoints (a Local policy)."""
+        return self.internal_policy_local or self.external_policy_local
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """A Service's endpoints as one node's kube-proxy splits them (pkg/proxy/topology.go,
+    CategorizeEndpoints): those a Cluster policy sends to, those a Local policy sends to,
+    every one either may reach (the endpoint chains to write), and whether the Service has a
+    usable endpoint anywhere in the cluster."""
+
+    cluster: Tuple[str, ...]
+    local: Tuple[str, ...]
+    reachable: Tuple[str, ...]
+    any: bool
+
+
+def categorize_endpoints(service: Service, node_name: Optional[str]) -> Endpoints:
+    """Cluster endpoints: the ready ones, else the serving terminating ones. Local endpoints:
+    this node's ready ones, else its serving terminating ones, each only when a policy of the
+    Service uses them. (Topology-aware routing is not modelled: no endpoint has zone hints.)"""
+    declared = service.declared_endpoints
+    cluster: Tuple[str, ...] = ()
+    if service.uses_cluster_endpoints:
+        cluster = tuple(endpoint.ip for endpoint in usable_endpoints(declared))
+    if not service.uses_local_endpoints:
+        return Endpoints(cluster=cluster, local=(), reachable=cluster, any=bool(cluster))
+    mine = [endpoint for endpoint in declared if node_name is not None and endpoint.node_name == node_name]
+    local = tuple(endpoint.ip for endpoint in usable_endpoints(mine))
+    any_usable = any(endpoint.ready or (endpoint.serving and endpoint.terminating) for endpoint in declared)
+    if not service.uses_cluster_endpoints:
+        return Endpoints(cluster=(), local=local, reachable=local, any=any_usable)
+    reachable = cluster + tuple(ip for ip in local if ip not in cluster)
+    return Endpoints(cluster=cluster, local=local, reachable=reachable, any=any_usable)
+
 
 @dataclass(frozen=True)
 class ProxyConfig:
@@ -107,6 +176,10 @@ class ProxyConfig:
     ipvs_scheduler: str
     services: Tuple[Service, ...]
     service_cidr: Optional[str] = None
+    node_name: Optional[str] = None
+    # The addresses NodePorts answer on (kube-proxy's --nodeport-addresses, resolved); empty:
+    # every local address of the node.
+    node_ips: Tuple[str, ...] = ()
 
 
 def validate_netns(value: Any) -> str:
@@ -208,14 +281,14 @@ def build_endpoint(where: str, raw: Any) -> Endpoint:
     return Endpoint(ip=_ipv4(where + ".ip", raw["ip"]), node_name=node_name, **conditions)
 
 
-def build_service(index: int, raw: Mapping[str, Any]) -> Service:
+def build_service(index: int, raw: Mapping[str, Any], node_port_range: Tuple[int, int] = NODE_PORT_RANGE) -> Service:
     where = "services[%d]" % index
     if not isinstance(raw, Mapping):
         raise ValidationError(where, "must be a mapping, got %r" % (raw,))
     known = {
         "namespace", "name", "port_name", "protocol", "cluster_ip", "port", "target_port",
         "session_affinity", "session_affinity_timeout", "endpoints",
-    }
+    } | set(EXTERNAL_FIELDS)
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ValidationError("%s.%s" % (where, unknown[0]), "unknown field (known: %s)" % ", ".join(sorted(known)))
@@ -259,7 +332,87 @@ def build_service(index: int, raw: Mapping[str, Any]) -> Service:
         session_affinity=affinity, session_affinity_timeout=timeout,
         endpoints=tuple(endpoint.ip for endpoint in usable_endpoints(endpoints)),
         declared_endpoints=tuple(endpoints),
+        **_external_fields(where, raw, node_port_range),
     )
+
+
+# The fields that open a Service to traffic from outside, in Kubernetes' own terms.
+EXTERNAL_FIELDS = ("type", "node_port", "external_ips", "load_balancer_ips", "load_balancer_source_ranges",
+                   "external_traffic_policy", "internal_traffic_policy", "health_check_node_port")
+
+
+def _list(field: str, value: Any) -> Sequence[Any]:
+    if value in (None, ""):
+        return ()
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence):
+        raise ValidationError(field, "must be a list, got %r" % (value,))
+    return value
+
+
+def _external_fields(where: str, raw: Mapping[str, Any], node_port_range: Tuple[int, int]) -> Dict[str, Any]:
+    """type, node_port, external_ips, load_balancer_ips (status.loadBalancer.ingress),
+    load_balancer_source_ranges, the two traffic policies and health_check_node_port, checked
+    as the API server checks them (core/v1 validation). This lab allocates nothing: a NodePort
+    or LoadBalancer Service names its node_port, a LoadBalancer Service with the Local policy
+    its health_check_node_port."""
+
+    def field(name: str) -> str:
+        return "%s.%s" % (where, name)
+
+    def node_port_in_range(name: str, value: Any) -> int:
+        return _int_in_range(field(name), value, node_port_range[0], node_port_range[1],
+                             "a node port (node_port_range)")
+
+    service_type = _choice(field("type"), raw.get("type") or "ClusterIP", SERVICE_TYPES)
+    node_port_raw = raw.get("node_port")
+    if service_type == "ClusterIP":
+        if node_port_raw not in (None, "", 0):
+            raise ValidationError(field("node_port"), "may not be set when type is ClusterIP")
+        node_port = 0
+    elif node_port_raw in (None, "", 0):
+        raise ValidationError(field("node_port"), "is required for type %s (%d..%d; this lab allocates none)"
+                              % ((service_type,) + tuple(node_port_range)))
+    else:
+        node_port = node_port_in_range("node_port", node_port_raw)
+    external_ips = tuple(_ipv4("%s[%d]" % (field("external_ips"), position), ip)
+                         for position, ip in enumerate(_list(field("external_ips"), raw.get("external_ips"))))
+    lb_ips_raw = _list(field("load_balancer_ips"), raw.get("load_balancer_ips"))
+    ranges_raw = _list(field("load_balancer_source_ranges"), raw.get("load_balancer_source_ranges"))
+    for name, given in (("load_balancer_ips", lb_ips_raw), ("load_balancer_source_ranges", ranges_raw)):
+        if given and service_type != "LoadBalancer":
+            raise ValidationError(field(name), "may only be set when type is LoadBalancer")
+    load_balancer_ips = tuple(_ipv4("%s[%d]" % (field("load_balancer_ips"), position), ip)
+                              for position, ip in enumerate(lb_ips_raw))
+    source_ranges = tuple(_cidr("%s[%d]" % (field("load_balancer_source_ranges"), position), cidr)
+                          for position, cidr in enumerate(ranges_raw))
+    externally_accessible = service_type != "ClusterIP" or bool(external_ips)
+    etp_raw = raw.get("external_traffic_policy")
+    if etp_raw not in (None, "") and not externally_accessible:
+        raise ValidationError(field("external_traffic_policy"),
+                              "may only be set for externally-accessible services (type NodePort or "
+                              "LoadBalancer, or external_ips)")
+    external_policy = _choice(field("external_traffic_policy"), etp_raw or "Cluster", TRAFFIC_POLICIES)
+    internal_policy = _choice(field("internal_traffic_policy"), raw.get("internal_traffic_policy") or "Cluster",
+                              TRAFFIC_POLICIES)
+    health_raw = raw.get("health_check_node_port")
+    needs_health_check = service_type == "LoadBalancer" and external_policy == "Local"
+    if not needs_health_check:
+        if health_raw not in (None, "", 0):
+            raise ValidationError(field("health_check_node_port"),
+                                  "may only be set when type is LoadBalancer and external_traffic_policy is Local")
+        health_check_node_port = 0
+    elif health_raw in (None, "", 0):
+        raise ValidationError(field("health_check_node_port"),
+                              "is required for a LoadBalancer Service with external_traffic_policy Local "
+                              "(%d..%d; this lab allocates none)" % tuple(node_port_range))
+    else:
+        health_check_node_port = node_port_in_range("health_check_node_port", health_raw)
+        if health_check_node_port == node_port:
+            raise ValidationError(field("health_check_node_port"), "%d is the node_port too" % node_port)
+    return dict(type=service_type, node_port=node_port, external_ips=external_ips,
+                load_balancer_ips=load_balancer_ips, load_balancer_source_ranges=source_ranges,
+                external_traffic_policy=external_policy, internal_traffic_policy=internal_policy,
+                health_check_node_port=health_check_node_port)
 
 
 def build_config(
@@ -269,11 +422,17 @@ def build_config(
     masquerade_all: bool = False,
     ipvs_scheduler: Any = "rr",
     service_cidr: Any = None,
+    node_name: Any = None,
+    node_ips: Any = None,
+    node_port_range: Any = None,
 ) -> ProxyConfig:
     """Validate the module's parameters into a ProxyConfig, or raise ValidationError."""
     mode = _choice("mode", mode, MODES)
     cidr = _cidr("cluster_cidr", cluster_cidr)
     services_cidr = None if service_cidr in (None, "") else _cidr("service_cidr", service_cidr)
+    node = validate_node_name(node_name)
+    addresses = tuple(_ipv4("node_ips[%d]" % position, ip) for position, ip in enumerate(_list("node_ips", node_ips)))
+    port_range = _port_range(node_port_range)
     scheduler = _choice("ipvs_scheduler", ipvs_scheduler, IPVS_SCHEDULERS)
     if services is None:
         services = []
@@ -283,8 +442,9 @@ def build_config(
     built: List[Service] = []
     by_port_name: Dict[Tuple[str, str], int] = {}
     by_portal: Dict[Tuple[str, str, int], int] = {}
+    node_ports: Dict[Tuple[int, str], Tuple[int, str, str]] = {}
     for index, raw in enumerate(services):
-        service = build_service(index, raw)
+        service = build_service(index, raw, port_range)
         key = (service.port_name_string, service.protocol)
         if key in by_port_name:
             raise ValidationError(
@@ -298,6 +458,9 @@ def build_config(
                 "%s:%d/%s is already served by services[%d]"
                 % (service.cluster_ip, service.port, service.protocol, by_portal[portal]),
             )
+        _check_node_ports(index, service, node_ports)
+        if mode != "iptables":
+            _check_only_iptables(index, service, mode)
         by_port_name[key] = index
         by_portal[portal] = index
         built.append(service)
@@ -305,4 +468,48 @@ def build_config(
     return ProxyConfig(
         mode=mode, cluster_cidr=cidr, masquerade_all=bool(masquerade_all),
         ipvs_scheduler=scheduler, services=tuple(built), service_cidr=services_cidr,
+        node_name=node, node_ips=addresses,
     )
+
+
+def _port_range(value: Any) -> Tuple[int, int]:
+    """The API server's --service-node-port-range, ``LOW-HIGH`` (None: the default)."""
+    if value in (None, ""):
+        return NODE_PORT_RANGE
+    low, dash, high = str(value).strip().partition("-")
+    try:
+        bounds = (int(low), int(high))
+    except ValueError:
+        bounds = (0, 0)
+    if not dash or not 1 <= bounds[0] <= bounds[1] <= 65535:
+        raise ValidationError("node_port_range", "%r is not a port range such as 30000-32767" % (value,))
+    return bounds
+
+
+def _check_node_ports(index: int, service: Service, taken: Dict[Tuple[int, str], Tuple[int, str, str]]) -> None:
+    """A node port serves one service port per protocol; a health check node port (TCP) is the
+    Service's, shared by its ports, and no other's."""
+    owner = "%s/%s" % (service.namespace, service.name)
+    wanted = []
+    if service.node_port:
+        wanted.append(("node_port", service.node_port, service.protocol, None))
+    if service.health_check_node_port:
+        wanted.append(("health_check_node_port", service.health_check_node_port, "TCP", owner))
+    for name, port, protocol, shared_by in wanted:
+        key = (port, protocol)
+        if key in taken:
+            other_index, other_name, other_shared_by = taken[key]
+            if shared_by is None or other_shared_by != shared_by or other_name != name:
+                raise ValidationError("services[%d].%s" % (index, name), "%d/%s is already services[%d].%s"
+                                      % (port, protocol, other_index, other_name))
+        else:
+            taken[key] = (index, name, shared_by)
+
+
+def _check_only_iptables(index: int, service: Service, mode: str) -> None:
+    """What the iptables mode alone programs so far: nothing may be accepted and left out."""
+    for name, value, default in (("type", service.type, "ClusterIP"), ("external_ips", service.external_ips, ()),
+                                 ("internal_traffic_policy", service.internal_traffic_policy, "Cluster")):
+        if value != default:
+            raise ValidationError("services[%d].%s" % (index, name),
+                                  "%r is programmed in mode iptables only so far, not in mode %s" % (value, mode))

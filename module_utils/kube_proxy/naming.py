@@ -9,6 +9,10 @@ import hashlib
 
 SERVICE_CHAIN_PREFIX = "KUBE-SVC-"
 ENDPOINT_CHAIN_PREFIX = "KUBE-SEP-"
+# A service port's other chains carry the same hash as its KUBE-SVC- chain.
+LOCAL_CHAIN_PREFIX = "KUBE-SVL-"
+EXTERNAL_CHAIN_PREFIX = "KUBE-EXT-"
+FIREWALL_CHAIN_PREFIX = "KUBE-FW-"
 
 
 def _hash16(text: str) -> str:
@@ -19,6 +23,21 @@ def _hash16(text: str) -> str:
 def service_chain(port_name_string: str, proto: str) -> str:
     """portProtoHash: ``KUBE-SVC-`` + 16 chars of base32(sha256(servicePortName + protocol))."""
     return SERVICE_CHAIN_PREFIX + _hash16(port_name_string + proto)
+
+
+def local_chain(port_name_string: str, proto: str) -> str:
+    """The chain of the service port's Local-policy endpoints."""
+    return LOCAL_CHAIN_PREFIX + _hash16(port_name_string + proto)
+
+
+def external_chain(port_name_string: str, proto: str) -> str:
+    """The chain every external destination (NodePort, load balancer IP, external IP) jumps to."""
+    return EXTERNAL_CHAIN_PREFIX + _hash16(port_name_string + proto)
+
+
+def firewall_chain(port_name_string: str, proto: str) -> str:
+    """The chain that applies loadBalancerSourceRanges to the load balancer IPs."""
+    return FIREWALL_CHAIN_PREFIX + _hash16(port_name_string + proto)
 
 
 def endpoint_chain(port_name_string: str, proto: str, endpoint: str) -> str:

@@ -8,6 +8,7 @@ import pytest
 
 from conftest import FIXTURES, GOLDEN
 from kube_proxy import iptables
+from kube_proxy.naming import endpoint_chain, external_chain, local_chain, service_chain
 from lab_services import APP1, NO_ENDPOINTS, SVC1_AFFINITY, config
 
 MIXED = (APP1, SVC1_AFFINITY, NO_ENDPOINTS)
@@ -198,3 +199,83 @@ def test_duplicated_jump_is_reduced_to_one():
 def test_tokenize_unescapes_quoted_strings():
     assert iptables.tokenize('-m comment --comment "say \\"hi\\" now" -j X') == [
         "-m", "comment", "--comment", 'say "hi" now', "-j", "X"]
+
+
+# kube-proxy's TestOverallIPTablesRules (pkg/proxy/iptables/proxier_test.go): a ClusterIP
+# Service, a LoadBalancer with the Local policy, a NodePort, external IPs, a LoadBalancer with
+# source ranges and affinity, a Service without endpoints; on node test-node, pod CIDR
+# 10.0.0.0/8, node ports on every local address, node ports 3001-3003 (the test's fake
+# proxier checks no range). Inputs the API server would refuse are written as it would
+# have them: svc4, a NodePort without a nodePort, is a ClusterIP Service with external IPs
+# (the same rules), and svc5, a Cluster-policy LoadBalancer, has no healthCheckNodePort
+# (kube-proxy ignores it there).
+UPSTREAM_OVERALL = (
+    dict(namespace="ns1", name="svc1", port_name="p80", cluster_ip="172.30.0.41", port=80,
+         endpoints=["10.180.0.1"]),
+    dict(namespace="ns2", name="svc2", port_name="p80", type="LoadBalancer", external_traffic_policy="Local",
+         cluster_ip="172.30.0.42", port=80, node_port=3001, load_balancer_ips=["1.2.3.4"],
+         external_ips=["192.168.99.22"], health_check_node_port=30000, endpoints=["10.180.0.2"]),
+    dict(namespace="ns3", name="svc3", port_name="p80", type="NodePort", cluster_ip="172.30.0.43", port=80,
+         node_port=3003, endpoints=["10.180.0.3"]),
+    dict(namespace="ns4", name="svc4", port_name="p80", cluster_ip="172.30.0.44", port=80, target_port=80,
+         external_ips=["192.168.99.33"], endpoints=["10.180.0.4", dict(ip="10.180.0.5", node_name="test-node")]),
+    dict(namespace="ns5", name="svc5", port_name="p80", type="LoadBalancer", external_traffic_policy="Cluster",
+         cluster_ip="172.30.0.45", port=80, node_port=3002, load_balancer_ips=["5.6.7.8"],
+         load_balancer_source_ranges=[" 203.0.113.0/25"], session_affinity="ClientIP",
+         session_affinity_timeout=10800, endpoints=["10.180.0.3"]),
+    dict(namespace="ns6", name="svc6", port_name="p80", cluster_ip="172.30.0.46", port=80, target_port=80),
+)
+
+
+def test_render_matches_kube_proxys_overall_rules():
+    """Chain by chain, as kube-proxy's test compares them, with three known differences in the
+    golden file: no KUBE-FIREWALL and KUBE-FORWARD chains (the lab writes only what Services
+    need), no nfacct-counted localhost NodePort rules (this lab loads no nfacct, and
+    kube-proxy leaves them out then too), and MASQUERADE --random-fully (the test's fake
+    iptables has no random-fully)."""
+    state = iptables.render(config(*UPSTREAM_OVERALL, cluster_cidr="10.0.0.0/8", node_name="test-node",
+                                   node_port_range="3000-32767"))
+    rendered = iptables.parse_save(iptables.restore_text(state))
+    expected = iptables.parse_save((GOLDEN / "iptables-upstream-overall.rules").read_text())
+    for table in iptables.TABLES:
+        assert rendered.tables[table].chains == expected.tables[table].chains, table
+
+
+LOCAL_NODE_PORT = dict(APP1, type="NodePort", node_port=30080, external_traffic_policy="Local",
+                       endpoints=[dict(ip="10.0.0.2", node_name="lab-node"), dict(ip="10.0.1.2", node_name="lab-node2")])
+
+
+def test_a_local_policy_sends_external_traffic_to_the_nodes_own_endpoints_unmasqueraded():
+    nat = iptables.render(config(LOCAL_NODE_PORT, cluster_cidr="10.0.0.0/16", node_name="lab-node"))["nat"]
+    name = "default/app1"
+    ext, svl, svc = (naming(name, "tcp") for naming in (external_chain, local_chain, service_chain))
+    assert nat.chains["KUBE-NODEPORTS"] == ["-m comment --comment default/app1 -m tcp -p tcp --dport 30080 -j " + ext]
+    assert nat.chains[ext][-1] == "-j " + svl and not [rule for rule in nat.chains[ext] if rule.endswith("KUBE-MARK-MASQ")
+                                                      and "addrtype" not in rule]
+    assert nat.chains[svl] == ['-m comment --comment "default/app1 -> 10.0.0.2:8080" -j '
+                               + endpoint_chain(name, "tcp", "10.0.0.2:8080")]
+    assert len([rule for rule in nat.chains[svc] if "-j KUBE-SEP-" in rule]) == 2  # the ClusterIP still balances over both
+
+
+def test_a_node_without_local_endpoints_drops_what_comes_from_outside():
+    state = iptables.render(config(LOCAL_NODE_PORT, cluster_cidr="10.0.0.0/16", node_name="lab-node3"))
+    assert state["filter"].chains["KUBE-EXTERNAL-SERVICES"] == [
+        '-m comment --comment "default/app1 has no local endpoints" -m addrtype --dst-type LOCAL '
+        '-m tcp -p tcp --dport 30080 -j DROP']
+    ext = external_chain("default/app1", "tcp")
+    assert not [rule for rule in state["nat"].chains[ext] if "KUBE-SVL-" in rule]
+
+
+def test_an_internal_local_policy_without_local_endpoints_drops_the_cluster_ip():
+    service = dict(LOCAL_NODE_PORT, type="ClusterIP", node_port=None, external_traffic_policy=None,
+                   internal_traffic_policy="Local")
+    state = iptables.render(config(service, cluster_cidr="10.0.0.0/16", node_name="lab-node3"))
+    assert state["filter"].chains["KUBE-SERVICES"] == [
+        '-m comment --comment "default/app1 has no local endpoints" -m tcp -p tcp -d 10.96.0.10 --dport 80 -j DROP']
+    assert "KUBE-EXTERNAL-SERVICES" not in state["filter"].chains  # a ClusterIP lab keeps today's filter table
+
+
+def test_node_ports_answer_only_on_the_node_ips_when_given():
+    rules = iptables.render(config(APP1, node_ips=["192.168.100.11"]))["nat"].chains["KUBE-SERVICES"]
+    assert rules[-1] == ('-m comment --comment "kubernetes service nodeports; NOTE: this must be the last rule in '
+                         'this chain" -d 192.168.100.11 -j KUBE-NODEPORTS')

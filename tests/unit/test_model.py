@@ -2,7 +2,7 @@
 
 import pytest
 
-from kube_proxy.model import ValidationError, build_config, validate_netns
+from kube_proxy.model import ValidationError, build_config, categorize_endpoints, validate_netns
 from lab_services import APP1, config
 
 
@@ -177,3 +177,91 @@ def test_a_bad_endpoint_object_names_its_field(endpoint, field, words):
     with pytest.raises(ValidationError) as raised:
         config(service(endpoints=[endpoint]))
     assert raised.value.field == field and words in str(raised.value)
+
+
+NODE_PORT = dict(type="NodePort", node_port=30080)
+LOCAL_LB = dict(type="LoadBalancer", node_port=30080, load_balancer_ips=["192.168.200.10"],
+                external_traffic_policy="Local", health_check_node_port=30081)
+
+
+@pytest.mark.parametrize("overrides, field, words", [
+    (dict(type="NodePort"), "services[0].node_port", "is required for type NodePort"),
+    (dict(type="NodePort", node_port=8080), "services[0].node_port", "not a node port (node_port_range)"),
+    (dict(node_port=30080), "services[0].node_port", "may not be set when type is ClusterIP"),
+    (dict(external_traffic_policy="Local"), "services[0].external_traffic_policy",
+     "only be set for externally-accessible services"),
+    (dict(NODE_PORT, external_traffic_policy="Nearby"), "services[0].external_traffic_policy", "not one of Cluster, Local"),
+    (dict(load_balancer_ips=["192.168.200.10"]), "services[0].load_balancer_ips", "only be set when type is LoadBalancer"),
+    (dict(LOCAL_LB, load_balancer_source_ranges=["192.168.100.0/33"]), "services[0].load_balancer_source_ranges[0]",
+     "not an IPv4 CIDR"),
+    (dict(LOCAL_LB, load_balancer_source_ranges=["192.168.100.1/24"]), "services[0].load_balancer_source_ranges[0]",
+     "host bits set"),
+    (dict(external_ips=["192.168.200.300"]), "services[0].external_ips[0]", "not an IPv4 address"),
+    (dict(external_ips="192.168.200.20"), "services[0].external_ips", "must be a list"),
+    (dict(LOCAL_LB, health_check_node_port=None), "services[0].health_check_node_port", "is required"),
+    (dict(LOCAL_LB, health_check_node_port=30080), "services[0].health_check_node_port", "is the node_port too"),
+    (dict(NODE_PORT, health_check_node_port=30081), "services[0].health_check_node_port",
+     "only be set when type is LoadBalancer and external_traffic_policy is Local"),
+])
+def test_bad_external_field_is_named(overrides, field, words):
+    with pytest.raises(ValidationError) as error:
+        config(service(**overrides))
+    assert error.value.field == field and words in str(error.value), str(error.value)
+
+
+def test_a_node_port_serves_one_service_port_per_protocol():
+    other = service(name="app2", cluster_ip="10.96.0.20", **NODE_PORT)
+    with pytest.raises(ValidationError, match=r"services\[1\].node_port: 30080/TCP is already services\[0\].node_port"):
+        config(service(**NODE_PORT), other)
+    assert config(service(**NODE_PORT), dict(other, protocol="UDP")).services[1].node_port == 30080
+
+
+def test_a_health_check_node_port_is_shared_by_the_services_ports_only():
+    http = service(port_name="http", **LOCAL_LB)
+    metrics = service(port_name="metrics", port=9090, **dict(LOCAL_LB, node_port=30090))
+    assert [svc.health_check_node_port for svc in config(http, metrics).services] == [30081, 30081]
+    stranger = service(name="app2", cluster_ip="10.96.0.20", **dict(LOCAL_LB, node_port=30090))
+    with pytest.raises(ValidationError, match=r"services\[1\].health_check_node_port"):
+        config(http, stranger)
+    with pytest.raises(ValidationError, match=r"services\[1\].node_port: 30081/TCP is already"):
+        config(http, service(name="app2", cluster_ip="10.96.0.20", type="NodePort", node_port=30081))
+
+
+@pytest.mark.parametrize("value", ["30000", "32767-30000", "a-b", "0-100"])
+def test_a_bad_node_port_range_is_named(value):
+    with pytest.raises(ValidationError, match="node_port_range"):
+        config(APP1, node_port_range=value)
+
+
+@pytest.mark.parametrize("mode", ["ipvs", "nftables"])
+@pytest.mark.parametrize("overrides, field", [
+    (NODE_PORT, "services[0].type"), (dict(external_ips=["192.168.200.20"]), "services[0].external_ips"),
+    (dict(internal_traffic_policy="Local"), "services[0].internal_traffic_policy"),
+])
+def test_what_only_iptables_programs_is_refused_in_the_other_modes(mode, overrides, field):
+    with pytest.raises(ValidationError) as error:
+        config(service(**overrides), mode=mode)
+    assert error.value.field == field and "mode iptables only so far" in str(error.value)
+
+
+SPREAD = [dict(ip="10.0.0.2", node_name="lab-node"), dict(ip="10.0.1.2", node_name="lab-node2"),
+          dict(ip="10.0.0.3", node_name="lab-node", ready=False, serving=True, terminating=True)]
+
+
+@pytest.mark.parametrize("overrides, node, cluster, local, reachable", [
+    (dict(), "lab-node", ("10.0.0.2", "10.0.1.2"), (), ("10.0.0.2", "10.0.1.2")),
+    (dict(NODE_PORT, external_traffic_policy="Local"), "lab-node", ("10.0.0.2", "10.0.1.2"), ("10.0.0.2",),
+     ("10.0.0.2", "10.0.1.2")),
+    (dict(NODE_PORT, external_traffic_policy="Local"), "lab-node3", ("10.0.0.2", "10.0.1.2"), (), ("10.0.0.2", "10.0.1.2")),
+    (dict(internal_traffic_policy="Local"), "lab-node2", (), ("10.0.1.2",), ("10.0.1.2",)),
+])
+def test_endpoints_are_split_by_policy_as_kube_proxy_splits_them(overrides, node, cluster, local, reachable):
+    (svc,) = config(service(endpoints=SPREAD, **overrides)).services
+    split = categorize_endpoints(svc, node)
+    assert (split.cluster, split.local, split.reachable, split.any) == (cluster, local, reachable, True)
+
+
+def test_a_local_policy_falls_back_to_the_nodes_serving_terminating_endpoints():
+    only_terminating = [SPREAD[1], SPREAD[2]]
+    (svc,) = config(service(endpoints=only_terminating, internal_traffic_policy="Local")).services
+    assert categorize_endpoints(svc, "lab-node").local == ("10.0.0.3",)

@@ -164,8 +164,8 @@ options:
         description:
           - The Service's C(spec.type). V(NodePort) opens O(services[].node_port) on the node;
             V(LoadBalancer) also takes traffic for O(services[].load_balancer_ips).
-          - Only V(ClusterIP) is programmed in V(ipvs) and V(nftables) mode so far; the others
-            are refused there, by field.
+          - Only V(ClusterIP) is programmed in V(ipvs) mode so far; the others are refused
+            there, by field. V(nftables) mode answers NodePorts on O(node_ips) only, which it then needs.
         type: str
         choices: [ClusterIP, NodePort, LoadBalancer]
         default: ClusterIP

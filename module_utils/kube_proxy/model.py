@@ -459,8 +459,11 @@ def build_config(
                 % (service.cluster_ip, service.port, service.protocol, by_portal[portal]),
             )
         _check_node_ports(index, service, node_ports)
-        if mode != "iptables":
-            _check_only_iptables(index, service, mode)
+        if mode == "ipvs":
+            _check_not_ipvs(index, service)
+        if mode == "nftables" and service.node_port and not addresses:
+            raise ValidationError("node_ips", "mode nftables answers NodePorts (services[%d].node_port) only on "
+                                  "the node_ips (kube-proxy's --nodeport-addresses): give the node's addresses" % index)
         by_port_name[key] = index
         by_portal[portal] = index
         built.append(service)
@@ -506,10 +509,11 @@ def _check_node_ports(index: int, service: Service, taken: Dict[Tuple[int, str],
             taken[key] = (index, name, shared_by)
 
 
-def _check_only_iptables(index: int, service: Service, mode: str) -> None:
-    """What the iptables mode alone programs so far: nothing may be accepted and left out."""
+def _check_not_ipvs(index: int, service: Service) -> None:
+    """What the ipvs mode does not program yet: nothing may be accepted and left out."""
     for name, value, default in (("type", service.type, "ClusterIP"), ("external_ips", service.external_ips, ()),
                                  ("internal_traffic_policy", service.internal_traffic_policy, "Cluster")):
         if value != default:
             raise ValidationError("services[%d].%s" % (index, name),
-                                  "%r is programmed in mode iptables only so far, not in mode %s" % (value, mode))
+                                  "%r is programmed in modes iptables and nftables only so far, not in mode ipvs"
+                                  % (value,))

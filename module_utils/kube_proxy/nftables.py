@@ -1,11 +1,14 @@
 """nftables mode: kube-proxy's ``ip kube-proxy`` table, rendered, read back, edited or replaced.
 
 The renderer writes the layout of kube-proxy's nftables proxier (pkg/proxy/nftables, the
-generation whose TestOverallNFTablesRules has the ``*-pre-dnat`` base chains) for ClusterIP
-services. Like kube-proxy it always creates the NodePort and firewall sets, maps and rules;
-the lab declares no NodePorts, LoadBalancers or NodePort addresses, so they stay empty and
-match nothing, but the table reads like a real node's. ``service_cidr`` is optional: without
-it the "Drop traffic to unallocated ClusterIPs" rule is left out.
+generation whose TestOverallNFTablesRules has the ``*-pre-dnat`` base chains): ClusterIP,
+NodePort and LoadBalancer Services, external IPs, both traffic policies (``local-`` and
+``external-`` chains) and source ranges (``firewall-`` chains and the firewall-ips map).
+Like kube-proxy it always creates the NodePort and firewall sets, maps and rules, so a lab
+of ClusterIP Services has them empty, matching nothing, and the table reads like a real
+node's. NodePorts answer on the ``nodeport-ips`` set, the node IPs given (kube-proxy's
+--nodeport-addresses). ``service_cidr`` is optional: without it the "Drop traffic to
+unallocated ClusterIPs" rule is left out.
 
 The module owns the whole table and changes it in one ``nft -f`` transaction. ``script``
 writes it whole: a new table, or the live one deleted and written anew. ``update_script``
@@ -49,7 +52,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Dict, FrozenSet, List, Optional, Set, Tuple
 
-from .model import ProxyConfig, Service
+from .model import ProxyConfig, Service, categorize_endpoints
 
 TABLE_FAMILY = "ip"
 TABLE_NAME = "kube-proxy"
@@ -61,6 +64,9 @@ CHAIN_NAME_BASE_MAX = 240
 MASQ_MARK = 0x4000
 
 SERVICE_CHAIN_PREFIX = "service-"
+LOCAL_CHAIN_PREFIX = "local-"
+EXTERNAL_CHAIN_PREFIX = "external-"
+FIREWALL_CHAIN_PREFIX = "firewall-"
 ENDPOINT_CHAIN_PREFIX = "endpoint-"
 AFFINITY_SET_PREFIX = "affinity-"
 
@@ -251,27 +257,37 @@ def render(config: ProxyConfig, service_cidr: Optional[str] = None) -> NftState:
         "masquerade fully-random",
     ])
 
+    state.sets[NODEPORT_IPS].elements.update(config.node_ips)
     for service in config.services:
         _render_service(state, config, service)
     return state
 
 
 def _render_service(state: NftState, config: ProxyConfig, service: Service) -> None:
-    portal = "%s . %s . %d" % (service.cluster_ip, service.proto, service.port)
-    state.sets[CLUSTER_IPS].elements.add(service.cluster_ip)
-    if not service.endpoints:
-        state.sets[NO_ENDPOINT_SERVICES].elements.add(
-            '%s comment "%s" : goto %s' % (portal, service.port_name_string, REJECT_CHAIN))
-        return
+    """One service port, as kube-proxy's nftables syncProxyRules writes it: its map elements
+    (service-ips, service-nodeports, firewall-ips, and the no-endpoint verdicts), its chains
+    (service, local, external, firewall, endpoint) and its affinity sets."""
+    base = service_chain_base(service.namespace, service.name, service.proto, service.port_name)
+    cluster_chain, local_policy_chain = SERVICE_CHAIN_PREFIX + base, LOCAL_CHAIN_PREFIX + base
+    external_chain, fw_chain = EXTERNAL_CHAIN_PREFIX + base, FIREWALL_CHAIN_PREFIX + base
+    split = categorize_endpoints(service, config.node_name)
 
-    endpoints = []
-    for ip in service.endpoints:
-        base = endpoint_chain_base(service.namespace, service.name, service.proto, service.port_name,
-                                   ip, service.target_port)
-        endpoints.append((ip, ENDPOINT_CHAIN_PREFIX + base, AFFINITY_SET_PREFIX + base))
+    internal_chain, has_internal = cluster_chain, split.any
+    if service.internal_policy_local:
+        internal_chain, has_internal = local_policy_chain, split.any and bool(split.local)
+    external_policy_chain, has_external = cluster_chain, split.any
+    if service.external_policy_local:
+        external_policy_chain, has_external = local_policy_chain, split.any and bool(split.local)
+    # REJECT when the Service has no endpoint at all, DROP when a Local policy finds none here.
+    no_endpoint = "goto " + REJECT_CHAIN if not split.any else "drop"
 
-    # Endpoint chains first, the way kube-proxy ensures them before anything jumps there.
-    for ip, chain_name, affinity_set in endpoints:
+    # The chains in kube-proxy's order: endpoints first, so they exist before anything jumps there.
+    endpoint_chains = {}
+    for ip in split.reachable:
+        endpoint_base = endpoint_chain_base(service.namespace, service.name, service.proto, service.port_name,
+                                            ip, service.target_port)
+        chain_name, affinity_set = ENDPOINT_CHAIN_PREFIX + endpoint_base, AFFINITY_SET_PREFIX + endpoint_base
+        endpoint_chains[ip] = (chain_name, affinity_set)
         rules = ["ip saddr %s jump %s" % (ip, MARK_FOR_MASQUERADE)]  # a pod reaching itself
         if service.client_ip_affinity:
             state.sets[affinity_set] = NamedSet(
@@ -281,18 +297,90 @@ def _render_service(state: NftState, config: ProxyConfig, service: Service) -> N
         rules.append("meta l4proto %s dnat to %s" % (service.proto, service.endpoint_address(ip)))
         state.chains[chain_name] = Chain(rules=rules)
 
-    service_chain = SERVICE_CHAIN_PREFIX + service_chain_base(
-        service.namespace, service.name, service.proto, service.port_name)
-    # Traffic from outside the cluster CIDR must come back through this node: masquerade it.
-    source = "" if config.masquerade_all else " ip saddr != " + _address_or_prefix(config.cluster_cidr)
-    rules = ["ip daddr %s%s jump %s" % (service.cluster_ip, source, MARK_FOR_MASQUERADE)]
+    if split.cluster and service.uses_cluster_endpoints:
+        state.chains[cluster_chain] = Chain()
+    if split.local and service.uses_local_endpoints:
+        state.chains[local_policy_chain] = Chain()
+    if split.any and service.externally_accessible:
+        state.chains[external_chain] = Chain()
+
+    def key(address: str) -> str:
+        return "%s . %s . %d" % (address, service.proto, service.port)
+
+    def no_endpoint_element(element_key: str) -> str:
+        return '%s comment "%s" : %s' % (element_key, service.port_name_string, no_endpoint)
+
+    state.sets[CLUSTER_IPS].elements.add(service.cluster_ip)
+    if has_internal:
+        state.sets[SERVICE_IPS].elements.add("%s : goto %s" % (key(service.cluster_ip), internal_chain))
+    else:
+        state.sets[NO_ENDPOINT_SERVICES].elements.add(no_endpoint_element(key(service.cluster_ip)))
+    uses_fw = bool(service.load_balancer_ips) and bool(service.load_balancer_source_ranges)
+    for address in service.external_ips + service.load_balancer_ips:
+        if split.any:
+            state.sets[SERVICE_IPS].elements.add("%s : goto %s" % (key(address), external_chain))
+        if not has_external:
+            state.sets[NO_ENDPOINT_SERVICES].elements.add(no_endpoint_element(key(address)))
+    if uses_fw:
+        state.sets[FIREWALL_IPS].elements.update("%s : goto %s" % (key(address), fw_chain)
+                                                 for address in service.load_balancer_ips)
+    if service.node_port:
+        node_port = "%s . %d" % (service.proto, service.node_port)
+        if split.any:
+            state.sets[SERVICE_NODEPORTS].elements.add("%s : goto %s" % (node_port, external_chain))
+        if not has_external:
+            state.sets[NO_ENDPOINT_NODEPORTS].elements.add(no_endpoint_element(node_port))
+
+    if has_internal:
+        # Traffic from outside the cluster CIDR must come back through this node: masquerade it.
+        source = "" if config.masquerade_all else " ip saddr != " + _address_or_prefix(config.cluster_cidr)
+        state.chains[internal_chain].rules.append(
+            "ip daddr %s%s jump %s" % (service.cluster_ip, source, MARK_FOR_MASQUERADE))
+
+    if split.any and service.externally_accessible:
+        rules = state.chains[external_chain].rules
+        if not service.external_policy_local:
+            # The endpoint may be on another node: masquerade, so the reply comes back here.
+            rules.append("jump " + MARK_FOR_MASQUERADE)
+        else:
+            # Pods and the node itself short-circuit to the Cluster endpoints, as if they had
+            # gone out to the load balancer and back; the node's own traffic is masqueraded.
+            rules.extend([
+                'ip saddr %s goto %s comment "short-circuit pod traffic"' % (
+                    _address_or_prefix(config.cluster_cidr), cluster_chain),
+                'fib saddr type local jump %s comment "masquerade local traffic"' % MARK_FOR_MASQUERADE,
+                'fib saddr type local goto %s comment "short-circuit local traffic"' % cluster_chain,
+            ])
+        if has_external:
+            rules.append("goto " + external_policy_chain)
+
+    if uses_fw:
+        sources = list(service.load_balancer_source_ranges)
+        node_ip = ipaddress.ip_address(config.node_ips[0]) if config.node_ips else None
+        if node_ip is not None and any(node_ip in ipaddress.ip_network(cidr) for cidr in sources):
+            # A request from the node to a load balancer IP it holds loops back with that IP as its source.
+            sources += list(service.load_balancer_ips)
+        state.chains[fw_chain] = Chain(rules=["ip saddr != %s drop" % _address_set(sources)])
+
+    if split.cluster and service.uses_cluster_endpoints:
+        _balance(state.chains[cluster_chain].rules, service, split.cluster, endpoint_chains)
+    if split.local and service.uses_local_endpoints:
+        _balance(state.chains[local_policy_chain].rules, service, split.local, endpoint_chains)
+
+
+def _address_set(cidrs: List[str]) -> str:
+    """An anonymous set as nft prints it back: one prefix bare, several in braces."""
+    items = [_address_or_prefix(cidr) if "/" in cidr else cidr for cidr in cidrs]
+    return items[0] if len(items) == 1 else "{ %s }" % ", ".join(sorted(items, key=_natural))
+
+
+def _balance(rules: List[str], service: Service, ips: Tuple[str, ...],
+             endpoint_chains: Dict[str, Tuple[str, str]]) -> None:
+    """A policy chain's affinity checks, then its one numgen vmap over its endpoint chains."""
     if service.client_ip_affinity:
-        rules.extend("ip saddr @%s goto %s" % (affinity_set, chain_name) for _ip, chain_name, affinity_set in endpoints)
+        rules.extend("ip saddr @%s goto %s" % (endpoint_chains[ip][1], endpoint_chains[ip][0]) for ip in ips)
     rules.append("numgen random mod %d vmap { %s }" % (
-        len(endpoints), ", ".join("%d : goto %s" % (index, chain_name)
-                                  for index, (_ip, chain_name, _set) in enumerate(endpoints))))
-    state.chains[service_chain] = Chain(rules=rules)
-    state.sets[SERVICE_IPS].elements.add("%s : goto %s" % (portal, service_chain))
+        len(ips), ", ".join("%d : goto %s" % (index, endpoint_chains[ip][0]) for index, ip in enumerate(ips))))
 
 
 # --------------------------------------------------------------------------- nft -f
@@ -489,6 +577,8 @@ def _expr(value: Any, hex_numbers: bool = False) -> str:
         return body["key"] if body["key"] in _BARE_META else "meta " + body["key"]
     if kind == "ct" and _exactly(body, "key"):
         return "ct " + body["key"]
+    if kind == "fib" and _exactly(body, "result", "flags"):
+        return "fib %s %s" % (" . ".join(_as_list(body["flags"])), body["result"])
     if kind == "concat" and isinstance(body, list):
         return " . ".join(_expr(item) for item in body)
     if kind == "prefix" and _exactly(body, "addr", "len"):
@@ -529,7 +619,7 @@ def _match(body: Any) -> str:
     # The operator is left out where nft's own listing leaves it out: a bitmask test, which
     # the JSON calls "in" (ct state new), and "==" on a header field or meta key. After an
     # and/or/xor, or on ct state, "==" is an exact compare and stays visible.
-    plain = op == "in" or (op == "==" and _single(left)[0] in ("payload", "meta", "concat"))
+    plain = op == "in" or (op == "==" and _single(left)[0] in ("payload", "meta", "concat", "fib"))
     return "%s %s" % (text_left, text_right) if plain else "%s %s %s" % (text_left, op, text_right)
 
 

@@ -337,3 +337,38 @@ def test_listing_is_sorted_and_readable():
 
 def test_listing_shows_what_the_model_could_not_read():
     assert "# not understood: counter c1\n" in nftables.listing(_with("nft-app1.json", _foreign_object))
+
+
+def service_part(text):
+    """From an nft script: each Service's chains (service-, local-, external-, firewall-,
+    endpoint-) and their rules, the affinity sets, and every element of the maps and sets, one element a line
+    (``x, y`` in a vmap separated as nft separates them, ``{ x }`` of one item bare, as nft
+    prints both back)."""
+    chains, sets, elements = {}, set(), set()
+    prefix = "ip %s " % nftables.TABLE_NAME
+    for line in text.splitlines():
+        if line.startswith("add chain " + prefix):
+            chains.setdefault(line.split()[4], [])
+        elif line.startswith("add rule " + prefix):
+            chain, rule = line[len("add rule " + prefix):].split(" ", 1)
+            rule = re.sub(r"\{ ([^{},]+) \}(?= drop)", r"\1", rule.replace(" , ", ", "))
+            chains.setdefault(chain, []).append(rule)
+        elif line.startswith("add set " + prefix + nftables.AFFINITY_SET_PREFIX):
+            sets.add(line.split()[4])
+        elif line.startswith("add element " + prefix):
+            name, element = line[len("add element " + prefix):].split(" ", 1)
+            elements.add((name, element.strip()[2:-2]))
+    # A Service's chain names carry its ns/name/protocol/port; the fixed chains' do not.
+    return {name: rules for name, rules in chains.items() if "/" in name}, sets, elements
+
+
+def test_render_matches_kube_proxys_overall_table():
+    """kube-proxy's TestOverallNFTablesRules (pkg/proxy/nftables/proxier_test.go), its Service
+    part (the fixed part is test_script_matches_golden's): the inputs as test_iptables'
+    UPSTREAM_OVERALL writes them, with the node IP 192.168.0.2 as kube-proxy's primary
+    --nodeport-addresses. Chains, affinity sets and elements compared as sets and rule lists."""
+    from test_iptables import UPSTREAM_OVERALL
+    cfg = config(*UPSTREAM_OVERALL, mode="nftables", cluster_cidr="10.0.0.0/8", node_name="test-node",
+                 node_ips=["192.168.0.2"], node_port_range="3000-32767")
+    rendered = service_part(nftables.script(nftables.render(cfg), live_exists=False))
+    assert rendered == service_part((GOLDEN / "nftables-upstream-overall.nft").read_text())

@@ -1,5 +1,5 @@
 # kube-proxy-lab. Run as root on Debian/Ubuntu:
-#   make lab [MODE=iptables|ipvs|nftables] [NODES=1..4] [PODS=N]   build the lab (installs what is missing first)
+#   make lab [MODE=iptables|ipvs|nftables] [NODES=1..4] [PODS=N] [TYPE=NodePort|LoadBalancer] [POLICY=Local]   build the lab (installs what is missing first)
 #   make observe [SOURCE=node|client|pod2] [COUNT=300] [MODE=…]   watch the Service balance (in the running lab's layout)
 #   make lab-shell [MODE=ipvs] [NODES=N]     a shell in a user-mode-linux node with the lab up
 #   make teardown                            remove everything the lab made
@@ -81,7 +81,8 @@ lab: bootstrap
 	  echo "Run the lab inside a user-mode-linux node, whose kernel has it:  make lab-shell MODE=ipvs" >&2; \
 	  exit 1; \
 	fi
-	ansible-playbook lab.yml -e mode=$(MODE) $(if $(NODES),-e nodes=$(NODES)) $(if $(PODS),-e pods=$(PODS))
+	ansible-playbook lab.yml -e mode=$(MODE) $(if $(NODES),-e nodes=$(NODES)) $(if $(PODS),-e pods=$(PODS)) \
+	  $(if $(TYPE),-e service_type=$(TYPE)) $(if $(POLICY),-e traffic_policy=$(POLICY))
 
 # MODE only when given: without it, observe watches the lab in the mode it runs.
 observe: bootstrap

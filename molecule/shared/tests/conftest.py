@@ -103,6 +103,21 @@ def play(playbook, *args, must_succeed=True, **extra_vars):
     return result
 
 
+def changed_tasks(output):
+    """The tasks an ansible-playbook run reports changed, from its output; None when its recap
+    says nothing changed."""
+    recap = [line for line in output.splitlines() if "changed=" in line and "ok=" in line]
+    if recap and all(" changed=0 " in line for line in recap):
+        return None
+    changed, task = [], None
+    for line in output.splitlines():
+        if line.startswith("TASK ["):
+            task = line.split("[", 1)[1].rsplit("]", 1)[0]
+        elif line.startswith("changed:") and task not in changed:
+            changed.append(task)
+    return changed or recap
+
+
 SCRATCH_NETNS = "kpl-test-sync"
 MODULE_RUNNER = os.path.join(PROJECT, "tools", "bench_module.py")
 

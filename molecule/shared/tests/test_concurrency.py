@@ -153,6 +153,8 @@ BAD_VARIABLES = [
     ("nodes", "5", ["nodes", "1, 2, 3, 4"]),
     ("nodes", "two", ["nodes", "int"]),
     ("second_service", "maybe", ["second_service", "bool"]),
+    ("service_type", "ExternalName", ["service_type", "ClusterIP, NodePort, LoadBalancer"]),
+    ("traffic_policy", "Nearby", ["traffic_policy", "Cluster, Local"]),
 ]
 
 
@@ -168,6 +170,15 @@ def test_a_bad_variable_is_refused_by_name_before_anything_changes(host, lab, va
     assert "Check the request" in output and "TASK [lab_node" not in output, "the run got past its checks"
     after = namespace_snapshot(lab_namespaces(host, lab))
     assert not differences(before, after), differences(before, after)
+
+
+def test_a_service_type_ipvs_mode_does_not_program_yet_is_refused_before_anything_changes(host, lab):
+    before = namespace_snapshot(lab_namespaces(host, lab))
+    result = play("lab.yml", "-e", "mode=ipvs", "-e", "service_type=NodePort", must_succeed=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "service_type=NodePort is programmed in modes iptables and nftables" in output
+    assert "TASK [lab_node" not in output, "the run got past its checks"
+    assert not differences(before, namespace_snapshot(lab_namespaces(host, lab)))
 
 
 def test_check_of_a_lab_not_built_yet_runs_to_the_end(host, lab):

@@ -132,12 +132,9 @@ def _render_service(config: ProxyConfig, service: Service, nat: TableState, filt
     ext_chain = external_chain(name, proto)
     fw_chain = firewall_chain(name, proto)
 
-    internal_chain, has_internal = cluster_chain, endpoints.any
-    if service.internal_policy_local:
-        internal_chain, has_internal = local_policy_chain, endpoints.any and bool(endpoints.local)
-    external_policy_chain, has_external = cluster_chain, endpoints.any
-    if service.external_policy_local:
-        external_policy_chain, has_external = local_policy_chain, endpoints.any and bool(endpoints.local)
+    internal_chain = local_policy_chain if service.internal_policy_local else cluster_chain
+    external_policy_chain = local_policy_chain if service.external_policy_local else cluster_chain
+    has_internal, has_external = endpoints.has_internal, endpoints.has_external
     uses_fw = endpoints.any and bool(service.load_balancer_ips) and bool(service.load_balancer_source_ranges)
     lb_chain = fw_chain if uses_fw else ext_chain
 

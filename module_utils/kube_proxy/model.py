@@ -138,13 +138,16 @@ class Service:
 class Endpoints:
     """A Service's endpoints as one node's kube-proxy splits them (pkg/proxy/topology.go,
     CategorizeEndpoints): those a Cluster policy sends to, those a Local policy sends to,
-    every one either may reach (the endpoint chains to write), and whether the Service has a
-    usable endpoint anywhere in the cluster."""
+    every one either may reach (the endpoint chains to write), whether the Service has a
+    usable endpoint anywhere in the cluster, and whether traffic to its ClusterIP (internal)
+    and from outside (external) has one to go to here, under its policies."""
 
     cluster: Tuple[str, ...]
     local: Tuple[str, ...]
     reachable: Tuple[str, ...]
     any: bool
+    has_internal: bool
+    has_external: bool
 
 
 def categorize_endpoints(service: Service, node_name: Optional[str]) -> Endpoints:
@@ -155,15 +158,17 @@ def categorize_endpoints(service: Service, node_name: Optional[str]) -> Endpoint
     cluster: Tuple[str, ...] = ()
     if service.uses_cluster_endpoints:
         cluster = tuple(endpoint.ip for endpoint in usable_endpoints(declared))
-    if not service.uses_local_endpoints:
-        return Endpoints(cluster=cluster, local=(), reachable=cluster, any=bool(cluster))
-    mine = [endpoint for endpoint in declared if node_name is not None and endpoint.node_name == node_name]
-    local = tuple(endpoint.ip for endpoint in usable_endpoints(mine))
-    any_usable = any(endpoint.ready or (endpoint.serving and endpoint.terminating) for endpoint in declared)
-    if not service.uses_cluster_endpoints:
-        return Endpoints(cluster=(), local=local, reachable=local, any=any_usable)
+    local: Tuple[str, ...] = ()
+    any_usable = bool(cluster)
+    if service.uses_local_endpoints:
+        mine = [endpoint for endpoint in declared if node_name is not None and endpoint.node_name == node_name]
+        local = tuple(endpoint.ip for endpoint in usable_endpoints(mine))
+        any_usable = any(endpoint.ready or (endpoint.serving and endpoint.terminating) for endpoint in declared)
     reachable = cluster + tuple(ip for ip in local if ip not in cluster)
-    return Endpoints(cluster=cluster, local=local, reachable=reachable, any=any_usable)
+    return Endpoints(
+        cluster=cluster, local=local, reachable=reachable, any=any_usable,
+        has_internal=any_usable and (bool(local) or not service.internal_policy_local),
+        has_external=any_usable and (bool(local) or not service.external_policy_local))
 
 
 @dataclass(frozen=True)

@@ -272,12 +272,9 @@ def _render_service(state: NftState, config: ProxyConfig, service: Service) -> N
     external_chain, fw_chain = EXTERNAL_CHAIN_PREFIX + base, FIREWALL_CHAIN_PREFIX + base
     split = categorize_endpoints(service, config.node_name)
 
-    internal_chain, has_internal = cluster_chain, split.any
-    if service.internal_policy_local:
-        internal_chain, has_internal = local_policy_chain, split.any and bool(split.local)
-    external_policy_chain, has_external = cluster_chain, split.any
-    if service.external_policy_local:
-        external_policy_chain, has_external = local_policy_chain, split.any and bool(split.local)
+    internal_chain = local_policy_chain if service.internal_policy_local else cluster_chain
+    external_policy_chain = local_policy_chain if service.external_policy_local else cluster_chain
+    has_internal, has_external = split.has_internal, split.has_external
     # REJECT when the Service has no endpoint at all, DROP when a Local policy finds none here.
     no_endpoint = "goto " + REJECT_CHAIN if not split.any else "drop"
 

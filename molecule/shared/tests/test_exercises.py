@@ -18,11 +18,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 from conftest import ANSWER, load_lab, play, sources
 FAIL_TRIES = 6
-MAX_TRIES = 30
+# With four pods a source misses a given one in 30 random picks once in 5,600 times, and a
+# check of the cluster asks 7 sources for 4 pods each: once in 200 checks (seen). 60: once in 10^6.
+MAX_TRIES = 60
 # A source that must see failures may need more: with hairpin off a pod's requests to
 # itself fail, and it picks itself less often than one in three (measured: 4 of 30 in
 # both iptables and nftables mode), so 30 requests once held no failure at all.
-MAX_TRIES_FAILING = 60
+MAX_TRIES_FAILING = 90
 TIMEOUT = 2  # seconds per request (curl --max-time)
 # Up to this many seconds between one source's requests, drawn at random: IPVS's rr scheduler
 # is one counter for every source, and sources asking in lockstep can fall into a rhythm in

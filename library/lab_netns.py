@@ -276,12 +276,13 @@ found:
 
 import json
 import os
+import time
 
 from ansible.module_utils import lab_processes as processes
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.lab_netns.model import ValidationError, build_topology, validate_link_name, validate_netns_name
-from ansible.module_utils.lab_netns.plan import (READ_BATCH, describe, found, parse_namespace, plan, plan_absent,
-                                                 plugged_peers)
+from ansible.module_utils.lab_netns.plan import (READ_BATCH, describe, ends_of_other_pairs, found, parse_namespace,
+                                                 plan, plan_absent, plugged_peers)
 
 LINK_OPTIONS = dict(
     name=dict(type="str", required=True),
@@ -312,6 +313,9 @@ ARGUMENT_SPEC = dict(
 )
 # How long processes get between SIGTERM and SIGKILL (the pod server's own stop waits as long).
 END_GRACE_S = 5.0
+# How long a run gives a namespace deleted just before it to take its veths' other ends along.
+DYING_END_WAIT_S = 3.0
+DYING_END_POLL_S = 0.1
 
 
 def _drop_unset(value):
@@ -390,6 +394,22 @@ def read_namespace(module, namespace):
     return parse_namespace(batch, sysctls)
 
 
+def await_dying_ends(module, topology, existing, live):
+    """A namespace deleted a moment ago (a pod scaled away) is torn down by the kernel
+    asynchronously, and until then its veths' other ends stay in the node: the end of a pair
+    about to be created again under the same names. Re-read such a namespace until they are
+    gone, for up to DYING_END_WAIT_S; what is still there then, the plan deletes."""
+    deadline = time.monotonic() + DYING_END_WAIT_S
+    waiting = ends_of_other_pairs(topology, existing, live)
+    while waiting and time.monotonic() < deadline and not module.check_mode:
+        time.sleep(DYING_END_POLL_S)
+        for namespace in topology.namespaces:
+            if namespace.name in waiting:
+                live[namespace.name] = read_namespace(module, namespace)
+        waiting = ends_of_other_pairs(topology, existing, live)
+    return live
+
+
 def _alive(pid):
     """Whether pid still runs (a zombie has ended: only its parent's wait is missing)."""
     try:
@@ -443,6 +463,7 @@ def run_module(module):
         live = dict((namespace.name, read_namespace(module, namespace))
                     for namespace in topology.namespaces if namespace.name in existing)
     if present:
+        live = await_dying_ends(module, topology, existing, live)
         try:
             batches = plan(topology, existing, live, module.params["absent_namespaces"])
         except ValueError as error:

@@ -178,6 +178,20 @@ def _link_lines(namespace: Namespace, live: LiveNamespace) -> List[str]:
     return create + enslave + hairpin + stale + address + up
 
 
+def ends_of_other_pairs(topology: Topology, existing: Sequence[str], live: Dict[str, LiveNamespace]) -> Dict[str, List[str]]:
+    """Per namespace, the live links named like a veth it declares whose peer's namespace does
+    not exist yet: such a link cannot be that pair, its other end is elsewhere (in a namespace
+    the kernel is still tearing down, after a pod was removed and comes back under its name)."""
+    ends: Dict[str, List[str]] = {}
+    for namespace in topology.namespaces:
+        have = live.get(namespace.name, LiveNamespace()).links
+        names = [link.name for link in namespace.links
+                 if link.kind == "veth" and link.peer_netns not in existing and link.name in have]
+        if names:
+            ends[namespace.name] = names
+    return ends
+
+
 def _links_in_the_way(namespace: Namespace, live: Dict[str, LiveNamespace]) -> List[Batch]:
     """A veth about to be created whose end's name is already taken in the peer's namespace
     (the end of another veth: a pod moved from one node's bridge to another's): that link is
@@ -205,6 +219,11 @@ def plan(topology: Topology, existing: Sequence[str], live: Dict[str, LiveNamesp
     if missing:
         batches.append(Batch(None, ("ip", "-batch", "-"), tuple("netns add %s" % name for name in missing)))
     announcements: List[Batch] = []
+    for name, links in ends_of_other_pairs(topology, existing, live).items():
+        # Deleted, and forgotten from live, so the pair is created anew.
+        batches.append(Batch(name, ("ip", "-n", name, "-batch", "-"), tuple("link delete %s" % link for link in links)))
+        for link in links:
+            del live[name].links[link]
     for namespace in _creation_order(topology):
         batches += _links_in_the_way(namespace, live)
         have = live.get(namespace.name, LiveNamespace())

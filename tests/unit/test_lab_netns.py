@@ -280,3 +280,16 @@ def test_an_address_kept_beside_a_stale_primary_is_added_again_after_it_goes():
         "ip -n lab-pod1 address replace 10.0.0.2/24 dev eth0",
         "ip -n lab-pod1 route replace default via 10.0.0.1",
     ]
+
+
+def test_the_end_of_another_pair_in_the_node_is_deleted_before_the_pod_comes_back():
+    """lab-pod1 was deleted a moment ago and is declared again: until the kernel has torn the old
+    namespace down, lab-node still holds veth-pod1, the end of the old pair. It cannot be the new
+    pair (its peer namespace does not exist yet), so it goes before the pair is created anew."""
+    live = built_live()
+    del live["lab-pod1"]
+    assert shown(plan(build_topology([NODE, POD1]), ["lab-node"], live))[:3] == [
+        "ip netns add lab-pod1",
+        "ip -n lab-node link delete veth-pod1",
+        "ip -n lab-node link add veth-pod1 type veth peer name eth0 netns lab-pod1",
+    ]

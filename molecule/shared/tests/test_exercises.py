@@ -16,11 +16,10 @@ import time
 from collections import namedtuple
 from concurrent.futures import ThreadPoolExecutor
 
-from conftest import ANSWER, load_lab, play, sources
+from conftest import ANSWER, MAX_TRIES, load_lab, play, sources
 FAIL_TRIES = 6
-# With four pods a source misses a given one in 30 random picks once in 5,600 times, and a
-# check of the cluster asks 7 sources for 4 pods each: once in 200 checks (seen). 60: once in 10^6.
-MAX_TRIES = 60
+# MAX_TRIES (conftest's, 60): with four pods, 30 missed a given one once in 5,600 picks, and a
+# check of the cluster asks 7 sources for 4 pods each: once in 200 checks (seen).
 # A source that must see failures may need more: with hairpin off a pod's requests to
 # itself fail, and it picks itself less often than one in three (measured: 4 of 30 in
 # both iptables and nftables mode), so 30 requests once held no failure at all.

@@ -10,7 +10,9 @@ scenario's one-node ClusterIP lab back afterwards, in a finally.
 
 import pytest
 
-from conftest import MAX_TRIES, as_cluster, changed_tasks, curl, play
+from conftest import as_cluster, changed_tasks, curl, play
+from test_cluster import answers_until_every_pod
+from test_exercises import bridge_address
 
 CLUSTER_LAYOUT = {"nodes": 2, "pods": 4}
 
@@ -28,24 +30,6 @@ def cluster(lab):
         play("lab.yml", mode=lab["mode"])
 
 
-def answers(host, url, pods, source):
-    """Requests from SOURCE until every pod of PODS has answered, at most MAX_TRIES: the answers."""
-    seen = []
-    for _ in range(MAX_TRIES):
-        seen.append(curl(host, source, url))
-        if {answer["pod"] for answer in seen if answer} >= {pod["name"] for pod in pods}:
-            break
-    return seen
-
-
-def bridge_address(node):
-    return node["bridge_address"].split("/")[0]
-
-
-def pods_on(cluster, node):
-    return [pod for pod in cluster["pods"] if pod["node"] == node["netns"]]
-
-
 def external_urls(lab):
     app1 = lab["services"][0]
     return {"external IP": "http://%s:%s/" % (lab["external_ip"], app1["port"]),
@@ -61,14 +45,14 @@ def test_a_node_port_on_every_node_reaches_every_pod_masqueraded_with_the_cluste
     pods see its bridge address, the other node's pods its node IP."""
     build(lab, "NodePort")
     for node in cluster["nodes"]:
-        seen = answers(host, node_port_url(lab, node), cluster["pods"], lab["client_netns"])
+        seen = answers_until_every_pod(host, lab["client_netns"], node_port_url(lab, node), cluster["pods"])
         assert None not in seen, "a request to %s failed" % node_port_url(lab, node)
         assert {answer["pod"] for answer in seen} == {pod["name"] for pod in cluster["pods"]}
         want = {pod["name"]: bridge_address(node) if pod["node"] == node["netns"] else node["ip"]
                 for pod in cluster["pods"]}
         wrong = sorted({"%s saw %s" % (a["pod"], a["ip"]) for a in seen if a["ip"] != want[a["pod"]]})
         assert not wrong, "via %s: %s (expected %s)" % (node["netns"], wrong, want)
-    seen = answers(host, external_urls(lab)["external IP"], cluster["pods"], lab["client_netns"])
+    seen = answers_until_every_pod(host, lab["client_netns"], external_urls(lab)["external IP"], cluster["pods"])
     assert None not in seen and {a["pod"] for a in seen} == {pod["name"] for pod in cluster["pods"]}
 
 
@@ -85,14 +69,15 @@ def test_the_local_policy_keeps_the_client_address_and_the_node_s_own_pods(host,
     build(lab, "NodePort", "Local")
     client_ip = lab["client_address"].split("/")[0]
     for node in cluster["nodes"]:
-        local = pods_on(cluster, node)
-        seen = answers(host, node_port_url(lab, node), local, lab["client_netns"])
+        local = [pod for pod in cluster["pods"] if pod["node"] == node["netns"]]
+        seen = answers_until_every_pod(host, lab["client_netns"], node_port_url(lab, node), local)
         assert None not in seen
         assert {a["pod"] for a in seen} == {pod["name"] for pod in local}, node["netns"]
         assert {a["ip"] for a in seen} == {client_ip}, seen
     first = cluster["nodes"][0]
-    seen = answers(host, external_urls(lab)["external IP"], pods_on(cluster, first), lab["client_netns"])
-    assert {a["pod"] for a in seen if a} == {pod["name"] for pod in pods_on(cluster, first)}
+    on_first = [pod for pod in cluster["pods"] if pod["node"] == first["netns"]]
+    seen = answers_until_every_pod(host, lab["client_netns"], external_urls(lab)["external IP"], on_first)
+    assert {a["pod"] for a in seen if a} == {pod["name"] for pod in on_first}
 
 
 def test_a_node_without_local_pods_drops_what_comes_from_outside(host, lab, cluster):
@@ -107,7 +92,7 @@ def test_a_node_without_local_pods_drops_what_comes_from_outside(host, lab, clus
 
 def test_a_load_balancer_ip_reaches_the_service(host, lab, cluster):
     build(lab, "LoadBalancer")
-    seen = answers(host, external_urls(lab)["load balancer IP"], cluster["pods"], lab["client_netns"])
+    seen = answers_until_every_pod(host, lab["client_netns"], external_urls(lab)["load balancer IP"], cluster["pods"])
     assert None not in seen and {a["pod"] for a in seen} == {pod["name"] for pod in cluster["pods"]}
 
 

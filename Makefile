@@ -19,7 +19,7 @@ UML_RUN_TIMEOUT ?= 4200
 export UML_RUN_TIMEOUT
 PYTHON ?= python3
 APT_PACKAGES := iproute2 iptables nftables ipset ipvsadm conntrack curl python3-venv python3-pip \
-                user-mode-linux kmod procps iputils-arping
+                user-mode-linux kmod procps iputils-arping gcc libc6-dev
 
 VENV := .venv
 VENV_STAMP := $(VENV)/.requirements-installed

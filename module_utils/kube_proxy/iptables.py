@@ -377,6 +377,21 @@ def _normalise_mark_match(options: List[Option]) -> List[Option]:
     return result
 
 
+_IP_PROTOCOL_NUMBERS = {"tcp": "6", "udp": "17", "sctp": "132"}
+# libxt_ipvs prints its options in this order, the protocol as its number.
+_IPVS_OPTION_ORDER = ("--ipvs", "--vproto", "--vaddr", "--vport", "--vdir", "--vmethod", "--vportctl")
+
+
+def _normalise_ipvs(options: List[Option]) -> List[Option]:
+    result = []
+    for negated, name, values in options:
+        if name == "--vproto":
+            values = (_IP_PROTOCOL_NUMBERS.get(values[0].lower(), values[0]),)
+        result.append((negated, name, values))
+    return sorted(result, key=lambda option: _IPVS_OPTION_ORDER.index(option[1])
+                  if option[1] in _IPVS_OPTION_ORDER else len(_IPVS_OPTION_ORDER))
+
+
 def _normalise_reject(options: List[Option]) -> List[Option]:
     return options or [(False, "--reject-with", ("icmp-port-unreachable",))]
 
@@ -385,6 +400,7 @@ _MATCH_NORMALISERS = {
     "statistic": _normalise_statistic,
     "recent": _normalise_recent,
     "mark": _normalise_mark_match,
+    "ipvs": _normalise_ipvs,
 }
 _TARGET_NORMALISERS = {
     "MARK": _normalise_mark_target,

@@ -1,31 +1,40 @@
 """IPVS mode: virtual servers, the kube-ipvs0 dummy device, ipsets and the few iptables rules.
 
-What kube-proxy's IPVS proxier (pkg/proxy/ipvs/proxier.go) keeps for ClusterIP services:
-every ClusterIP bound /32 on ``kube-ipvs0`` (IPVS only sees packets for local addresses, in
-LOCAL_IN/LOCAL_OUT), one virtual server per service port with real servers in masquerade
-mode, and iptables rules that mark or masquerade through two ipsets instead of one chain per
-service.
+What kube-proxy's IPVS proxier (pkg/proxy/ipvs/proxier.go) keeps: every ClusterIP, external IP
+and load balancer IP bound /32 on ``kube-ipvs0`` (IPVS only sees packets for local addresses,
+in LOCAL_IN/LOCAL_OUT), one virtual server per service port and address (the ClusterIP, each
+external and load balancer IP, each node address for a NodePort) with real servers in
+masquerade mode, and iptables rules that mark, masquerade, accept or drop through ipsets
+instead of one chain per service.
+
+A lab of ClusterIP Services gets the part of kube-proxy's sets and chains that ClusterIP
+traffic uses; once a Service is reachable from outside, every set and chain kube-proxy keeps.
 """
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
-from typing import Dict, FrozenSet, List, Optional, Set, Tuple
+from typing import Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
 
 from .iptables import (
     KUBE_MARK_MASQ,
     KUBE_POSTROUTING,
+    KUBE_PROXY_FIREWALL,
     KUBE_SERVICES,
     MASQ_MARK,
     IptablesState,
     TableState,
     _comment,
 )
-from .model import ProxyConfig
+from .model import ProxyConfig, Service, categorize_endpoints
 
 DUMMY_DEVICE = "kube-ipvs0"
 KUBE_NODE_PORT = "KUBE-NODE-PORT"
 KUBE_LOAD_BALANCER = "KUBE-LOAD-BALANCER"
 KUBE_FORWARD = "KUBE-FORWARD"
+KUBE_SOURCE_RANGES_FIREWALL = "KUBE-SOURCE-RANGES-FIREWALL"
+KUBE_IPVS_FILTER = "KUBE-IPVS-FILTER"
+KUBE_IPVS_OUT_FILTER = "KUBE-IPVS-OUT-FILTER"
 OWNED_SET_PREFIX = "KUBE-"
 
 
@@ -36,12 +45,52 @@ class IpsetSpec:
     comment: str
 
 
-CLUSTER_IP_SET = IpsetSpec(
-    "KUBE-CLUSTER-IP", "hash:ip,port", "Kubernetes service cluster ip + port for masquerade purpose")
-LOOP_BACK_SET = IpsetSpec(
-    "KUBE-LOOP-BACK", "hash:ip,port,ip", "Kubernetes endpoints dst ip:port, source ip for solving hairpin purpose")
-# ipset's defaults as kube-proxy passes them (pkg/proxy/ipvs/ipset: setIPSetDefaults).
-IPSET_CREATE_OPTIONS = "family inet hashsize 1024 maxelem 65536"
+def _spec(name: str, set_type: str, comment: str) -> IpsetSpec:
+    return IpsetSpec(name, set_type, comment)
+
+
+# kube-proxy's sets (pkg/proxy/ipvs/ipset.go, ipsetInfo), in its order.
+LOOP_BACK_SET = _spec("KUBE-LOOP-BACK", "hash:ip,port,ip",
+                      "Kubernetes endpoints dst ip:port, source ip for solving hairpin purpose")
+CLUSTER_IP_SET = _spec("KUBE-CLUSTER-IP", "hash:ip,port", "Kubernetes service cluster ip + port for masquerade purpose")
+EXTERNAL_IP_SET = _spec("KUBE-EXTERNAL-IP", "hash:ip,port",
+                        "Kubernetes service external ip + port for masquerade and filter purpose")
+EXTERNAL_IP_LOCAL_SET = _spec("KUBE-EXTERNAL-IP-LOCAL", "hash:ip,port",
+                              "Kubernetes service external ip + port with externalTrafficPolicy=local")
+LOAD_BALANCER_SET = _spec("KUBE-LOAD-BALANCER", "hash:ip,port", "Kubernetes service lb portal")
+LOAD_BALANCER_FW_SET = _spec("KUBE-LOAD-BALANCER-FW", "hash:ip,port",
+                             "Kubernetes service load balancer ip + port for load balancer with sourceRange")
+LOAD_BALANCER_LOCAL_SET = _spec("KUBE-LOAD-BALANCER-LOCAL", "hash:ip,port",
+                                "Kubernetes service load balancer ip + port with externalTrafficPolicy=local")
+LOAD_BALANCER_SOURCE_IP_SET = _spec("KUBE-LOAD-BALANCER-SOURCE-IP", "hash:ip,port,ip",
+                                    "Kubernetes service load balancer ip + port + source IP for packet filter purpose")
+LOAD_BALANCER_SOURCE_CIDR_SET = _spec("KUBE-LOAD-BALANCER-SOURCE-CIDR", "hash:ip,port,net",
+                                      "Kubernetes service load balancer ip + port + source cidr for packet filter purpose")
+NODE_PORT_SETS = {
+    # protocol: (the node ports to masquerade, those with the Local policy, which are not)
+    "tcp": (_spec("KUBE-NODE-PORT-TCP", "bitmap:port", "Kubernetes nodeport TCP port for masquerade purpose"),
+            _spec("KUBE-NODE-PORT-LOCAL-TCP", "bitmap:port", "Kubernetes nodeport TCP port with externalTrafficPolicy=local")),
+    "udp": (_spec("KUBE-NODE-PORT-UDP", "bitmap:port", "Kubernetes nodeport UDP port for masquerade purpose"),
+            _spec("KUBE-NODE-PORT-LOCAL-UDP", "bitmap:port", "Kubernetes nodeport UDP port with externalTrafficPolicy=local")),
+    # A bitmap holds ports only, and SCTP shares port numbers with TCP: kube-proxy hashes node IP and port.
+    "sctp": (_spec("KUBE-NODE-PORT-SCTP-HASH", "hash:ip,port",
+                   "Kubernetes nodeport SCTP port for masquerade purpose with type 'hash ip:port'"),
+             _spec("KUBE-NODE-PORT-LOCAL-SCTP-HASH", "hash:ip,port",
+                   "Kubernetes nodeport SCTP port with externalTrafficPolicy=local with type 'hash ip:port'")),
+}
+HEALTH_CHECK_NODE_PORT_SET = _spec("KUBE-HEALTH-CHECK-NODE-PORT", "bitmap:port", "Kubernetes health check node port")
+IPVS_SET = _spec("KUBE-IPVS-IPS", "hash:ip", "Addresses on the ipvs interface")
+
+EXTERNAL_SETS = (
+    EXTERNAL_IP_SET, EXTERNAL_IP_LOCAL_SET, LOAD_BALANCER_SET, LOAD_BALANCER_FW_SET, LOAD_BALANCER_LOCAL_SET,
+    LOAD_BALANCER_SOURCE_IP_SET, LOAD_BALANCER_SOURCE_CIDR_SET,
+    *(spec for pair in NODE_PORT_SETS.values() for spec in pair), HEALTH_CHECK_NODE_PORT_SET, IPVS_SET,
+)
+SET_TYPES = {spec.name: spec.type for spec in (LOOP_BACK_SET, CLUSTER_IP_SET) + EXTERNAL_SETS}
+
+# ipset's defaults as kube-proxy passes them (pkg/proxy/ipvs/ipset: setIPSetDefaults, createSet).
+HASH_CREATE_OPTIONS = "family inet hashsize 1024 maxelem 65536"
+BITMAP_CREATE_OPTIONS = "range 0-65535"
 
 # What kube-proxy's IPVS proxier sets (NewProxier): without vs/conntrack netfilter never sees
 # IPVS's connections, so nothing could masquerade them.
@@ -101,73 +150,221 @@ class IpvsState:
     virtual_servers: Dict[Tuple[str, str], VirtualServer] = field(default_factory=dict)
     addresses: Set[str] = field(default_factory=set)
     ipsets: Dict[str, Tuple[str, Set[str]]] = field(default_factory=dict)
+    # Load balancer IP:port pairs the node itself may not reach (source ranges that leave the
+    # node out): kube-proxy drops them in KUBE-IPVS-OUT-FILTER.
+    no_node_access: List[Tuple[str, str, int]] = field(default_factory=list)
+
+    def entries(self, spec: IpsetSpec) -> Set[str]:
+        return self.ipsets.get(spec.name, ("", set()))[1]
 
 
 # --------------------------------------------------------------------------- rendering
 
-def render(config: ProxyConfig) -> IpvsState:
-    state = IpvsState(ipsets={CLUSTER_IP_SET.name: (CLUSTER_IP_SET.type, set()),
-                              LOOP_BACK_SET.name: (LOOP_BACK_SET.type, set())})
+def node_addresses(config: ProxyConfig, local_addresses: Iterable[str]) -> Tuple[str, ...]:
+    """The addresses a NodePort gets a virtual server on: the node_ips (kube-proxy's
+    --nodeport-addresses) or, without them, every local address but kube-ipvs0's; never a
+    loopback address (the netlink handle's isValidForSet)."""
+    chosen = config.node_ips or tuple(local_addresses)
+    return tuple(sorted(address for address in set(chosen) if not address.startswith("127.")))
+
+
+def render(config: ProxyConfig, local_addresses: Iterable[str] = ()) -> IpvsState:
+    """The virtual servers, the addresses to bind and the set entries of one sync, as
+    kube-proxy's syncProxyRules computes them. local_addresses: the node's addresses on its
+    other devices (what kube-proxy reads with GetAllLocalAddressesExcept(kube-ipvs0))."""
+    local_addresses = tuple(local_addresses)
+    specs = (LOOP_BACK_SET, CLUSTER_IP_SET)
+    if any(service.externally_accessible for service in config.services):
+        specs += EXTERNAL_SETS
+    state = IpvsState(ipsets={spec.name: (spec.type, set()) for spec in specs})
+    nodes = node_addresses(config, local_addresses) if any(s.node_port for s in config.services) else ()
     for service in config.services:
-        # kube-proxy binds and serves the ClusterIP even without endpoints.
-        state.addresses.add(service.cluster_ip + "/32")
-        state.ipsets[CLUSTER_IP_SET.name][1].add("%s,%s:%d" % (service.cluster_ip, service.proto, service.port))
-        reals = frozenset(RealServer(ip, service.target_port) for ip in service.endpoints)
-        server = VirtualServer(
-            proto=service.proto,
-            address=service.cluster_ip,
-            port=service.port,
-            scheduler=config.ipvs_scheduler,
-            persistence=service.session_affinity_timeout if service.client_ip_affinity else None,
-            scheduler_flags=_SCHEDULER_FLAGS.get(config.ipvs_scheduler),
-            real_servers=reals,
-        )
-        state.virtual_servers[server.key] = server
-        for ip in service.endpoints:
-            # Every endpoint in the lab is local to the node: a pod reaching itself is masqueraded.
-            state.ipsets[LOOP_BACK_SET.name][1].add("%s,%s:%d,%s" % (ip, service.proto, service.target_port, ip))
+        _render_service(config, service, state, nodes, set(local_addresses))
+    if IPVS_SET.name in state.ipsets:
+        state.entries(IPVS_SET).update(address[:-3] for address in state.addresses)
     return state
 
 
-def render_iptables(config: ProxyConfig) -> IptablesState:
-    """The iptables rules of kube-proxy's IPVS mode (writeIptablesRules), ClusterIP part."""
-    match_cluster_ip = "-m set --match-set %s dst,dst" % CLUSTER_IP_SET.name
-    source = "" if config.masquerade_all else " ! -s " + config.cluster_cidr
+def _render_service(config: ProxyConfig, service: Service, state: IpvsState,
+                    nodes: Tuple[str, ...], local_addresses: Set[str]) -> None:
+    proto, port = service.proto, service.port
+    categorized = categorize_endpoints(service, config.node_name)
+
+    def real_servers(only_local: bool) -> FrozenSet[RealServer]:
+        # syncEndpoint: a Local policy takes this node's endpoints, and the others when it has
+        # none (kube-proxy#97081: the node's own pods still reach the Service; traffic from
+        # outside then goes out unmasqueraded, and its replies miss the client).
+        ips = categorized.local if only_local and categorized.local else categorized.cluster
+        return frozenset(RealServer(ip, service.target_port) for ip in ips)
+
+    def virtual_server(address: str, at_port: int, only_local: bool, bind: bool) -> None:
+        server = VirtualServer(
+            proto=proto, address=address, port=at_port, scheduler=config.ipvs_scheduler,
+            persistence=service.session_affinity_timeout if service.client_ip_affinity else None,
+            scheduler_flags=_SCHEDULER_FLAGS.get(config.ipvs_scheduler),
+            real_servers=real_servers(only_local),
+        )
+        state.virtual_servers[server.key] = server
+        # An address another device of the node holds stays there (kube-proxy: shouldBind).
+        if bind and address not in local_addresses:
+            state.addresses.add(address + "/32")
+
+    for endpoint in service.declared_endpoints:
+        # A pod reaching itself through the Service is masqueraded, or it would answer itself
+        # directly. kube-proxy lists every endpoint of this node, ready or not (an endpoint of
+        # a one-node lab names no node).
+        if endpoint.node_name in (None, config.node_name):
+            state.entries(LOOP_BACK_SET).add("%s,%s:%d,%s" % (endpoint.ip, proto, service.target_port, endpoint.ip))
+
+    # kube-proxy binds and serves the ClusterIP even without endpoints.
+    state.entries(CLUSTER_IP_SET).add("%s,%s:%d" % (service.cluster_ip, proto, port))
+    virtual_server(service.cluster_ip, port, service.internal_policy_local, bind=True)
+
+    external_local = service.external_policy_local
+    for address in service.external_ips:
+        state.entries(EXTERNAL_IP_LOCAL_SET if external_local else EXTERNAL_IP_SET).add("%s,%s:%d" % (address, proto, port))
+        virtual_server(address, port, external_local, bind=True)
+
+    for address in service.load_balancer_ips:
+        entry = "%s,%s:%d" % (address, proto, port)
+        state.entries(LOAD_BALANCER_SET).add(entry)
+        if external_local:
+            state.entries(LOAD_BALANCER_LOCAL_SET).add(entry)
+        if service.load_balancer_source_ranges:
+            state.entries(LOAD_BALANCER_FW_SET).add(entry)
+            state.entries(LOAD_BALANCER_SOURCE_CIDR_SET).update(
+                "%s,%s" % (entry, cidr) for cidr in service.load_balancer_source_ranges)
+            if _covers(service.load_balancer_source_ranges, config.node_ips[:1]):
+                # A request from the node to a load balancer IP it holds has that IP as its source.
+                state.entries(LOAD_BALANCER_SOURCE_IP_SET).add("%s,%s" % (entry, address))
+            else:
+                state.no_node_access.append((address, proto, port))
+        virtual_server(address, port, external_local, bind=True)
+
+    if service.node_port and nodes:
+        masquerade_set, local_set = NODE_PORT_SETS[proto]
+        if proto == "sctp":
+            entries = {"%s,%s:%d" % (address, proto, service.node_port) for address in nodes}
+        else:
+            entries = {str(service.node_port)}
+        state.entries(masquerade_set).update(entries)
+        if external_local:
+            state.entries(local_set).update(entries)
+        for address in nodes:
+            virtual_server(address, service.node_port, external_local, bind=False)
+
+    if service.health_check_node_port:
+        state.entries(HEALTH_CHECK_NODE_PORT_SET).add(str(service.health_check_node_port))
+
+
+def _covers(cidrs: Tuple[str, ...], addresses: Tuple[str, ...]) -> bool:
+    return any(ipaddress.ip_address(address) in ipaddress.ip_network(cidr, strict=False)
+               for cidr in cidrs for address in addresses)
+
+
+def _match_set(spec: IpsetSpec, match: str) -> str:
+    return "-m set --match-set %s %s" % (spec.name, match)
+
+
+# kube-proxy's ipsetWithIptablesChain: (set, table, chain, match, target, protocol), each rule
+# written only when its set has entries. The Local node port sets come before the others:
+# their RETURN keeps the client's address.
+_SET_RULES = (
+    (LOOP_BACK_SET, "nat", KUBE_POSTROUTING, "dst,dst,src", "MASQUERADE", None),
+    (LOAD_BALANCER_SET, "nat", KUBE_SERVICES, "dst,dst", KUBE_LOAD_BALANCER, None),
+    (LOAD_BALANCER_LOCAL_SET, "nat", KUBE_LOAD_BALANCER, "dst,dst", "RETURN", None),
+    *((spec, "nat", KUBE_NODE_PORT, "dst,dst" if proto == "sctp" else "dst", target, proto)
+      for proto, (masquerade, local) in NODE_PORT_SETS.items()
+      for spec, target in ((local, "RETURN"), (masquerade, KUBE_MARK_MASQ))),
+    (LOAD_BALANCER_FW_SET, "filter", KUBE_PROXY_FIREWALL, "dst,dst", KUBE_SOURCE_RANGES_FIREWALL, None),
+    (LOAD_BALANCER_SOURCE_CIDR_SET, "filter", KUBE_SOURCE_RANGES_FIREWALL, "dst,dst,src", "RETURN", None),
+    (LOAD_BALANCER_SOURCE_IP_SET, "filter", KUBE_SOURCE_RANGES_FIREWALL, "dst,dst,src", "RETURN", None),
+)
+
+
+def render_iptables(config: ProxyConfig, state: IpvsState) -> IptablesState:
+    """The iptables rules of kube-proxy's IPVS mode (writeIptablesRules) for the sets of STATE."""
+    external = EXTERNAL_IP_SET.name in state.ipsets
     nat = TableState(
-        chains={
-            KUBE_SERVICES: [
-                # Connections to localhost are none of kube-proxy's business.
-                "-s 127.0.0.0/8 -j RETURN",
-                _comment(CLUSTER_IP_SET.comment) + " " + match_cluster_ip + source + " -j " + KUBE_MARK_MASQ,
-                "-m addrtype --dst-type LOCAL -j " + KUBE_NODE_PORT,
-                match_cluster_ip + " -j ACCEPT",
-            ],
-            KUBE_POSTROUTING: [
-                _comment(LOOP_BACK_SET.comment) + " -m set --match-set %s dst,dst,src -j MASQUERADE" % LOOP_BACK_SET.name,
-                "-m mark ! --mark {0}/{0} -j RETURN".format(MASQ_MARK),
-                "-j MARK --xor-mark " + MASQ_MARK,
-                _comment("kubernetes service traffic requiring SNAT") + " -j MASQUERADE --random-fully",
-            ],
-            KUBE_NODE_PORT: [],
-            KUBE_LOAD_BALANCER: ["-j " + KUBE_MARK_MASQ],
-            KUBE_MARK_MASQ: ["-j MARK --or-mark " + MASQ_MARK],
-        },
+        chains={KUBE_SERVICES: ["-s 127.0.0.0/8 -j RETURN"], KUBE_POSTROUTING: [], KUBE_NODE_PORT: [],
+                KUBE_LOAD_BALANCER: [], KUBE_MARK_MASQ: []},
         jumps={
             "PREROUTING": [_comment("kubernetes service portals") + " -j " + KUBE_SERVICES],
             "OUTPUT": [_comment("kubernetes service portals") + " -j " + KUBE_SERVICES],
             "POSTROUTING": [_comment("kubernetes postrouting rules") + " -j " + KUBE_POSTROUTING],
         },
     )
-    filter_ = TableState(
-        chains={
-            KUBE_FORWARD: [
-                _comment("kubernetes forwarding rules") + " -m mark --mark {0}/{0} -j ACCEPT".format(MASQ_MARK),
-                _comment("kubernetes forwarding conntrack rule") + " -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-            ],
-        },
-        jumps={"FORWARD": [_comment("kubernetes forwarding rules") + " -j " + KUBE_FORWARD]},
-    )
-    return {"filter": filter_, "nat": nat}
+    forward_jump = _comment("kubernetes forwarding rules") + " -j " + KUBE_FORWARD
+    filter_ = TableState(chains={KUBE_FORWARD: []}, jumps={"FORWARD": [forward_jump]})
+    if external:
+        # The chains kube-proxy keeps for traffic from outside, and its jumps into them in the
+        # order its prepends leave them.
+        filter_.chains.update({KUBE_NODE_PORT: [], KUBE_PROXY_FIREWALL: [], KUBE_SOURCE_RANGES_FIREWALL: [],
+                               KUBE_IPVS_FILTER: [], KUBE_IPVS_OUT_FILTER: []})
+        firewall_jump = _comment("kube-proxy firewall rules") + " -j " + KUBE_PROXY_FIREWALL
+        filter_.jumps = {
+            "INPUT": [_comment("kubernetes ipvs access filter") + " -j " + KUBE_IPVS_FILTER, firewall_jump,
+                      _comment("kubernetes health check rules") + " -j " + KUBE_NODE_PORT],
+            "FORWARD": [firewall_jump, forward_jump],
+            "OUTPUT": [_comment("kubernetes ipvs access filter") + " -j " + KUBE_IPVS_OUT_FILTER],
+        }
+    tables = {"filter": filter_, "nat": nat}
+
+    for spec, table, chain, match, target, proto in _SET_RULES:
+        if state.entries(spec):
+            protocol = "-p %s " % proto if proto else ""
+            tables[table].chains[chain].append(
+                "%s%s %s -j %s" % (protocol, _comment(spec.comment), _match_set(spec, match), target))
+
+    services = nat.chains[KUBE_SERVICES]
+    if state.entries(CLUSTER_IP_SET):
+        source = "" if config.masquerade_all else " ! -s " + config.cluster_cidr
+        services.append("%s %s%s -j %s" % (_comment(CLUSTER_IP_SET.comment), _match_set(CLUSTER_IP_SET, "dst,dst"),
+                                          source, KUBE_MARK_MASQ))
+    for spec, masquerade in ((EXTERNAL_IP_SET, True), (EXTERNAL_IP_LOCAL_SET, False)):
+        if state.entries(spec):
+            matched = "%s %s" % (_comment(spec.comment), _match_set(spec, "dst,dst"))
+            if masquerade:
+                services.append(matched + " -j " + KUBE_MARK_MASQ)
+            services.extend([
+                # Traffic from off the machine (not from a bridge port, not from a local address) ...
+                matched + " -m physdev ! --physdev-is-in -m addrtype ! --src-type LOCAL -j ACCEPT",
+                # ... and to an external IP the node holds itself (a cloud's load balancer IP).
+                matched + " -m addrtype --dst-type LOCAL -j ACCEPT",
+            ])
+    services.append("-m addrtype --dst-type LOCAL -j " + KUBE_NODE_PORT)
+    nat.chains[KUBE_LOAD_BALANCER].append("-j " + KUBE_MARK_MASQ)
+    if external:
+        filter_.chains[KUBE_SOURCE_RANGES_FIREWALL].append("-j DROP")
+        filter_.chains[KUBE_IPVS_OUT_FILTER].extend(
+            "-s %s -m ipvs --vaddr %s --vproto %s --vport %d -j DROP" % (address, address, proto, port)
+            for address, proto, port in state.no_node_access)
+    # Accept what IPVS serves, whatever later rules of the table would do with it.
+    services.extend(_match_set(spec, "dst,dst") + " -j ACCEPT"
+                    for spec in (CLUSTER_IP_SET, LOAD_BALANCER_SET) if state.entries(spec))
+
+    filter_.chains[KUBE_FORWARD].extend([
+        _comment("kubernetes forwarding rules") + " -m mark --mark {0}/{0} -j ACCEPT".format(MASQ_MARK),
+        _comment("kubernetes forwarding conntrack rule") + " -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+    ])
+    if external:
+        filter_.chains[KUBE_NODE_PORT].append("%s %s -j ACCEPT" % (
+            _comment(HEALTH_CHECK_NODE_PORT_SET.comment), _match_set(HEALTH_CHECK_NODE_PORT_SET, "dst")))
+        # No connection to another port of an address on kube-ipvs0 (kubernetes#72236): it would
+        # reach whatever listens on the node there.
+        filter_.chains[KUBE_IPVS_FILTER].extend(
+            [_match_set(spec, "dst,dst") + " -j RETURN"
+             for spec in (LOAD_BALANCER_SET, CLUSTER_IP_SET, EXTERNAL_IP_SET, EXTERNAL_IP_LOCAL_SET)]
+            + [_match_set(HEALTH_CHECK_NODE_PORT_SET, "dst") + " -j RETURN",
+               "-m conntrack --ctstate NEW " + _match_set(IPVS_SET, "dst") + " -j REJECT"])
+
+    nat.chains[KUBE_POSTROUTING].extend([
+        "-m mark ! --mark {0}/{0} -j RETURN".format(MASQ_MARK),
+        "-j MARK --xor-mark " + MASQ_MARK,
+        _comment("kubernetes service traffic requiring SNAT") + " -j MASQUERADE --random-fully",
+    ])
+    nat.chains[KUBE_MARK_MASQ].append("-j MARK --or-mark " + MASQ_MARK)
+    return tables
 
 
 def ipvsadm_text(state: IpvsState) -> str:
@@ -181,11 +378,16 @@ def ipvsadm_text(state: IpvsState) -> str:
     return "\n".join(lines) + ("\n" if lines else "")
 
 
+def create_line(name: str, set_type: str) -> str:
+    options = BITMAP_CREATE_OPTIONS if set_type.startswith("bitmap:") else HASH_CREATE_OPTIONS
+    return "create %s %s %s" % (name, set_type, options)
+
+
 def ipset_text(sets: Dict[str, Tuple[str, Set[str]]]) -> str:
     lines = []
     for name in sorted(sets):
         set_type, entries = sets[name]
-        lines.append("create %s %s %s" % (name, set_type, IPSET_CREATE_OPTIONS))
+        lines.append(create_line(name, set_type))
         lines.extend("add %s %s" % (name, entry) for entry in sorted(entries))
     return "\n".join(lines) + ("\n" if lines else "")
 
@@ -253,6 +455,13 @@ def parse_addresses(text: str) -> Set[str]:
     return set(re.findall(r"\binet (\S+)", text))
 
 
+def parse_local_addresses(text: str) -> Set[str]:
+    """The node's IPv4 addresses on every device but kube-ipvs0, from ``ip -o -4 addr show``
+    (one line per address: ``2: eth0    inet 192.168.100.11/24 brd … scope global eth0``)."""
+    return {address for device, address in re.findall(r"^\d+:\s+(\S+)\s+inet\s+([0-9.]+)/", text, re.MULTILINE)
+            if device != DUMMY_DEVICE}
+
+
 # --------------------------------------------------------------------------- planning
 
 def plan_virtual_servers(
@@ -297,7 +506,7 @@ def plan_ipsets(
         set_type, entries = desired[name]
         have_type, have_entries = live.get(name, (None, set()))
         if have_type is None:
-            before.append("create %s %s %s" % (name, set_type, IPSET_CREATE_OPTIONS))
+            before.append(create_line(name, set_type))
         before.extend("del %s %s" % (name, entry) for entry in sorted(have_entries - entries))
         before.extend("add %s %s" % (name, entry) for entry in sorted(entries - have_entries))
     after = ["destroy %s" % name for name in sorted(live) if name not in desired]

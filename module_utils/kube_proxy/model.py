@@ -464,8 +464,6 @@ def build_config(
                 % (service.cluster_ip, service.port, service.protocol, by_portal[portal]),
             )
         _check_node_ports(index, service, node_ports)
-        if mode == "ipvs":
-            _check_not_ipvs(index, service)
         if mode == "nftables" and service.node_port and not addresses:
             raise ValidationError("node_ips", "mode nftables answers NodePorts (services[%d].node_port) only on "
                                   "the node_ips (kube-proxy's --nodeport-addresses): give the node's addresses" % index)
@@ -512,13 +510,3 @@ def _check_node_ports(index: int, service: Service, taken: Dict[Tuple[int, str],
                                       % (port, protocol, other_index, other_name))
         else:
             taken[key] = (index, name, shared_by)
-
-
-def _check_not_ipvs(index: int, service: Service) -> None:
-    """What the ipvs mode does not program yet: nothing may be accepted and left out."""
-    for name, value, default in (("type", service.type, "ClusterIP"), ("external_ips", service.external_ips, ()),
-                                 ("internal_traffic_policy", service.internal_traffic_policy, "Cluster")):
-        if value != default:
-            raise ValidationError("services[%d].%s" % (index, name),
-                                  "%r is programmed in modes iptables and nftables only so far, not in mode ipvs"
-                                  % (value,))

@@ -22,6 +22,9 @@ class Live:
     ipset_save: Optional[str] = None        # None: no ipset tool, so no sets either
     ipvsadm_save: Optional[str] = None      # None: the kernel has no IPVS loaded
     ipvs_device: Optional[str] = None       # None: no kube-ipvs0; else `ip -o -4 addr show dev kube-ipvs0`
+    # `ip -o -4 addr show`, read where kube-proxy would need it (ipvs mode, a Service reachable
+    # from outside): the node's own addresses, for NodePorts and for what kube-ipvs0 must not take.
+    local_addresses: str = ""
     sysctls: Dict[str, str] = field(default_factory=dict)
     nft_table: Optional[str] = None         # None: no table ip kube-proxy; else `nft -j list table ip kube-proxy`
     kernel_release: str = ""                # os.uname().release; "" counts as an old kernel
@@ -90,13 +93,13 @@ def _lines(lines: List[str]) -> str:
 def plan(config: ProxyConfig, present: bool, live: Live) -> SyncPlan:
     use_ipvs = present and config.mode == "ipvs"
     use_nftables = present and config.mode == "nftables"
+    wanted_ipvs = ipvs.render(config, ipvs.parse_local_addresses(live.local_addresses)) if use_ipvs else ipvs.IpvsState()
     if not present or use_nftables:
         wanted_rules = iptables.absent_state()
     elif use_ipvs:
-        wanted_rules = ipvs.render_iptables(config)
+        wanted_rules = ipvs.render_iptables(config, wanted_ipvs)
     else:
         wanted_rules = iptables.render(config)
-    wanted_ipvs = ipvs.render(config) if use_ipvs else ipvs.IpvsState()
 
     live_rules = iptables.parse_save(live.iptables_save)
     rules_plan = iptables.plan(wanted_rules, live_rules)

@@ -73,6 +73,9 @@ def test_service_without_endpoints_has_no_nat_chains_and_a_reject():
      "-m recent --rcheck --seconds 60 --reap --name S --mask 255.255.255.255 --rsource -j S"),
     ("-m recent --name S --set -j DNAT --to-destination 10.0.0.2:8080",
      "-m recent --set --name S --mask 255.255.255.255 --rsource -j DNAT --to-destination 10.0.0.2:8080"),
+    # As iptables-legacy 1.8.9 printed kube-proxy's IPVS-mode rule in the user-mode-linux node.
+    ("-s 192.168.200.10 -m ipvs --vaddr 192.168.200.10 --vproto tcp --vport 80 -j DROP",
+     "-s 192.168.200.10/32 -m ipvs --vproto 6 --vaddr 192.168.200.10 --vport 80 -j DROP"),
 ])
 def test_normalise_matches_what_iptables_save_prints(rendered, saved):
     assert iptables.normalise_rule(rendered) == iptables.normalise_rule(saved)

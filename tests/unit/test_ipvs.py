@@ -151,3 +151,40 @@ def test_parse_reads_every_form_ipvsadm_save_prints():
     assert tcp.real_servers == frozenset({ipvs.RealServer("10.0.0.2", 8080, weight=3)})
     assert live[("-u", "10.96.0.10:53")].persistence == 60
     assert live[("--sctp-service", "10.96.0.10:80")].proto == "sctp"
+
+
+# The lab's app1 as `make lab NODES=2 TYPE=LoadBalancer POLICY=Local` declares it, seen from
+# lab-node (one pod of its own, one on lab-node2), with the client's range as source range.
+APP1_LOAD_BALANCER_LOCAL = dict(
+    APP1, endpoints=[dict(ip="10.0.0.2", node_name="lab-node"), dict(ip="10.0.1.2", node_name="lab-node2")],
+    type="LoadBalancer", node_port=30080, external_ips=["192.168.200.20"], load_balancer_ips=["192.168.200.10"],
+    external_traffic_policy="Local", health_check_node_port=30081, load_balancer_source_ranges=["192.168.100.0/24"])
+# lab-node's addresses, as `ip -o -4 addr show` prints them (kube-ipvs0's are not node addresses).
+LAB_NODE_ADDRESSES = """1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever preferred_lft forever
+2: cni0    inet 10.0.0.1/24 brd 10.0.0.255 scope global cni0\\       valid_lft forever preferred_lft forever
+3: eth0    inet 192.168.100.11/24 brd 192.168.100.255 scope global eth0\\       valid_lft forever preferred_lft forever
+7: kube-ipvs0    inet 10.96.0.10/32 scope global kube-ipvs0\\       valid_lft forever preferred_lft forever
+"""
+
+
+def test_a_load_balancer_with_the_local_policy_matches_golden():
+    """Every set and chain of kube-proxy's IPVS mode once a Service is reachable from outside."""
+    live = sync.Live(iptables_save="", local_addresses=LAB_NODE_ADDRESSES)
+    rendered = sync.plan(ipvs_config(APP1_LOAD_BALANCER_LOCAL, node_name="lab-node", cluster_cidr="10.0.0.0/16"),
+                         True, live).rules
+    assert rendered == (GOLDEN / "ipvs-load-balancer-local.rules").read_text()
+
+
+def test_node_addresses_are_every_local_address_but_loopback_and_kube_ipvs0():
+    assert ipvs.parse_local_addresses(LAB_NODE_ADDRESSES) == {"127.0.0.1", "10.0.0.1", "192.168.100.11"}
+    node = ipvs_config(APP1_LOAD_BALANCER_LOCAL, node_name="lab-node")
+    assert ipvs.node_addresses(node, ipvs.parse_local_addresses(LAB_NODE_ADDRESSES)) == ("10.0.0.1", "192.168.100.11")
+    given = ipvs_config(APP1_LOAD_BALANCER_LOCAL, node_name="lab-node", node_ips=["192.168.100.11"])
+    assert ipvs.node_addresses(given, ["10.0.0.1", "192.168.100.11"]) == ("192.168.100.11",)
+
+
+def test_back_to_cluster_ip_destroys_the_external_sets_after_the_rules():
+    external = ipvs.render(ipvs_config(APP1_LOAD_BALANCER_LOCAL, node_name="lab-node"), ["192.168.100.11"])
+    before, after = ipvs.plan_ipsets(ipvs.render(ipvs_config(APP1)).ipsets, external.ipsets)
+    assert "destroy KUBE-NODE-PORT-TCP" in after and "destroy KUBE-IPVS-IPS" in after
+    assert not any(line.startswith("destroy") for line in before)

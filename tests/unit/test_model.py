@@ -233,16 +233,6 @@ def test_a_bad_node_port_range_is_named(value):
         config(APP1, node_port_range=value)
 
 
-@pytest.mark.parametrize("overrides, field", [
-    (NODE_PORT, "services[0].type"), (dict(external_ips=["192.168.200.20"]), "services[0].external_ips"),
-    (dict(internal_traffic_policy="Local"), "services[0].internal_traffic_policy"),
-])
-def test_what_ipvs_mode_does_not_program_yet_is_refused_there(overrides, field):
-    with pytest.raises(ValidationError) as error:
-        config(service(**overrides), mode="ipvs")
-    assert error.value.field == field and "not in mode ipvs" in str(error.value)
-
-
 def test_nftables_mode_needs_the_node_ips_for_node_ports():
     with pytest.raises(ValidationError, match="node_ips: mode nftables answers NodePorts"):
         config(service(**NODE_PORT), mode="nftables")

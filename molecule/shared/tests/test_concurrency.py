@@ -172,15 +172,6 @@ def test_a_bad_variable_is_refused_by_name_before_anything_changes(host, lab, va
     assert not differences(before, after), differences(before, after)
 
 
-def test_a_service_type_ipvs_mode_does_not_program_yet_is_refused_before_anything_changes(host, lab):
-    before = namespace_snapshot(lab_namespaces(host, lab))
-    result = play("lab.yml", "-e", "mode=ipvs", "-e", "service_type=NodePort", must_succeed=False)
-    output = result.stdout + result.stderr
-    assert result.returncode != 0 and "service_type=NodePort is programmed in modes iptables and nftables" in output
-    assert "TASK [lab_node" not in output, "the run got past its checks"
-    assert not differences(before, namespace_snapshot(lab_namespaces(host, lab)))
-
-
 def test_check_of_a_lab_not_built_yet_runs_to_the_end(host, lab):
     """--check on a host without the lab: every namespace reads as empty, nothing is made."""
     names = dict(lab_node_netns="kpl-check-node", lab_client_netns="kpl-check-client", lab_pods_netns_prefix="kpl-check-")

@@ -105,6 +105,13 @@ options:
           via:
             description: The gateway.
             type: str
+          nexthops:
+            description:
+              - Two or more gateways, instead of O(namespaces[].routes[].via), for one multipath (ECMP)
+                route (C(ip route replace TO nexthop via A nexthop via B)); the kernel spreads flows
+                over them by C(net.ipv4.fib_multipath_hash_policy). One gateway is a plain route via it.
+            type: list
+            elements: str
           dev:
             description: The link to route through, declared in the same namespace.
             type: str
@@ -176,7 +183,8 @@ options:
   end_processes:
     description:
       - With O(state=absent), first end every process still running in a namespace to delete,
-        by pid (C(ip netns pids)) with SIGTERM, and SIGKILL to any still there after 5 seconds.
+        by pid (C(ip netns pids)) with SIGTERM, and SIGKILL to any still there after 5 seconds;
+        with O(state=present), in each namespace of O(absent_namespaces) that exists.
         A namespace deleted with processes in it lives on, unnamed, as long as they do.
     type: bool
     default: false
@@ -294,6 +302,7 @@ LINK_OPTIONS = dict(
     announce=dict(type="bool", default=False),
 )
 ROUTE_OPTIONS = dict(to=dict(type="str", required=True), via=dict(type="str"), dev=dict(type="str"),
+                     nexthops=dict(type="list", elements="str"),
                      state=dict(type="str", choices=["present", "absent"], default="present"))
 NAMESPACE_OPTIONS = dict(
     name=dict(type="str", required=True),
@@ -468,6 +477,8 @@ def run_module(module):
             batches = plan(topology, existing, live, module.params["absent_namespaces"])
         except ValueError as error:
             module.fail_json(msg=str(error))
+        if module.params["end_processes"]:
+            commands += end_processes(module, [name for name in module.params["absent_namespaces"] if name in existing])
     elif state == "absent":
         for bridge in module.params["plugged_into"]:
             plugged = plugged_namespaces(module, bridge, existing)

@@ -45,6 +45,7 @@ class Route:
     via: Optional[str] = None
     dev: Optional[str] = None
     present: bool = True                  # False: no route to ``to`` (a removed node's pod CIDR)
+    nexthops: Tuple[str, ...] = ()        # two or more gateways: one multipath (ECMP) route, instead of via
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ def _interface(where: str, value: Any) -> str:
 
 def _route(where: str, raw: Any) -> Route:
     raw = _mapping(where, raw)
-    _known(where, raw, ("to", "via", "dev", "state"))
+    _known(where, raw, ("to", "via", "nexthops", "dev", "state"))
     state = raw.get("state", "present")
     if state not in ("present", "absent"):
         raise ValidationError(where + ".state", "must be present or absent, got %r" % (state,))
@@ -121,14 +122,28 @@ def _route(where: str, raw: Any) -> Route:
             via = str(ipaddress.IPv4Address(str(via)))
         except ValueError:
             raise ValidationError(where + ".via", "must be an IPv4 address, got %r" % (via,))
+    nexthops: List[str] = []
+    for index, gateway in enumerate(_list(where + ".nexthops", raw.get("nexthops"))):
+        try:
+            gateway = str(ipaddress.IPv4Address(str(gateway)))
+        except ValueError:
+            raise ValidationError("%s.nexthops[%d]" % (where, index), "must be an IPv4 address, got %r" % (gateway,))
+        if gateway in nexthops:
+            raise ValidationError("%s.nexthops[%d]" % (where, index), "%s is listed twice" % gateway)
+        nexthops.append(gateway)
+    if nexthops and via is not None:
+        raise ValidationError(where + ".nexthops", "a route has via or nexthops, not both")
+    if len(nexthops) == 1:
+        # The kernel keeps a multipath route with one next hop as a plain one: so does the declaration.
+        via, nexthops = nexthops[0], []
     dev = validate_link_name(where + ".dev", raw["dev"]) if raw.get("dev") is not None else None
     if state == "absent":
-        if via is not None or dev is not None:
+        if via is not None or dev is not None or raw.get("nexthops") not in (None, []):
             raise ValidationError(where, "a route with state=absent is named by its destination only")
         return Route(to=to, present=False)
-    if via is None and dev is None:
-        raise ValidationError(where, "needs via, dev or both")
-    return Route(to=to, via=via, dev=dev)
+    if via is None and dev is None and not nexthops:
+        raise ValidationError(where, "needs via, nexthops, dev or both")
+    return Route(to=to, via=via, dev=dev, nexthops=tuple(nexthops))
 
 
 def _link(where: str, raw: Any) -> Link:

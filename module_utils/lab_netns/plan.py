@@ -76,7 +76,13 @@ def parse_namespace(batch_output: str, sysctl_output: str = "") -> LiveNamespace
                             for address in entry.get("addr_info", []) if address.get("family") == "inet"),
         )
     for entry in routes:
-        live.routes.append(Route(to=entry["dst"], via=entry.get("gateway"), dev=entry.get("dev")))
+        # A host route reads without its prefix length (192.168.200.10), as declared it has it.
+        to = entry["dst"] if entry["dst"] == "default" or "/" in entry["dst"] else entry["dst"] + "/32"
+        hops = entry.get("nexthops") or []
+        devices = set(hop.get("dev") for hop in hops)
+        live.routes.append(Route(to=to, via=entry.get("gateway"),
+                                 dev=entry.get("dev") if not hops else (devices.pop() if len(devices) == 1 else None),
+                                 nexthops=tuple(hop["gateway"] for hop in hops if hop.get("gateway"))))
     for line in sysctl_output.splitlines():
         key, separator, value = line.partition("=")
         if separator:
@@ -129,6 +135,10 @@ def _route_line(route: Route) -> str:
     if not route.present:
         return "route del %s" % route.to
     words = ["route", "replace", route.to]
+    if route.nexthops:
+        for gateway in route.nexthops:
+            words += ["nexthop", "via", gateway] + (["dev", route.dev] if route.dev else [])
+        return " ".join(words)
     if route.via:
         words += ["via", route.via]
     if route.dev:
@@ -144,6 +154,7 @@ def _route_planned(route: Route, have: Sequence[Route]) -> bool:
 
 def _route_matches(want: Route, have: Sequence[Route]) -> bool:
     return any(route.to == want.to and (want.via is None or route.via == want.via)
+               and sorted(route.nexthops) == sorted(want.nexthops)
                and (want.dev is None or route.dev == want.dev) for route in have)
 
 

@@ -293,3 +293,62 @@ def test_the_end_of_another_pair_in_the_node_is_deleted_before_the_pod_comes_bac
         "ip -n lab-node link delete veth-pod1",
         "ip -n lab-node link add veth-pod1 type veth peer name eth0 netns lab-pod1",
     ]
+
+
+CLIENT = dict(name="lab-client", routes=[dict(to="192.168.200.10/32", nexthops=["192.168.100.11", "192.168.100.12"])])
+
+
+def client_live(*routes):
+    return {"lab-client": LiveNamespace(routes=list(routes))}
+
+
+def test_a_multipath_route_is_written_with_one_nexthop_per_gateway():
+    assert shown(plan(build_topology([CLIENT]), ["lab-client"], client_live())) == [
+        "ip -n lab-client route replace 192.168.200.10/32 nexthop via 192.168.100.11 nexthop via 192.168.100.12"]
+
+
+def test_a_multipath_route_as_read_plans_nothing_whatever_the_order_of_its_hops():
+    # ip -json prints a host route without /32 and a multipath route's gateways under nexthops.
+    read = parse_namespace(json.dumps([]) + json.dumps([{
+        "dst": "192.168.200.10", "flags": [], "nexthops": [
+            {"gateway": "192.168.100.12", "dev": "eth0", "weight": 1, "flags": []},
+            {"gateway": "192.168.100.11", "dev": "eth0", "weight": 1, "flags": []}]}])).routes
+    assert read[0].to == "192.168.200.10/32" and read[0].nexthops == ("192.168.100.12", "192.168.100.11")
+    assert read[0].dev == "eth0" and read[0].via is None
+    assert plan(build_topology([CLIENT]), ["lab-client"], client_live(*read)) == []
+
+
+def test_a_single_route_becomes_multipath_and_back():
+    single = parse_route("192.168.200.10", via="192.168.100.11", dev="eth0")
+    assert single.to == "192.168.200.10/32"
+    assert shown(plan(build_topology([CLIENT]), ["lab-client"], client_live(single))) == [
+        "ip -n lab-client route replace 192.168.200.10/32 nexthop via 192.168.100.11 nexthop via 192.168.100.12"]
+    # One next hop is a plain route via it, as the kernel keeps it: as read, nothing to do.
+    one = dict(CLIENT, routes=[dict(to="192.168.200.10/32", nexthops=["192.168.100.11"])])
+    assert plan(build_topology([one]), ["lab-client"], client_live(single)) == []
+    multipath = parse_namespace(json.dumps([]) + json.dumps([{"dst": "192.168.200.10", "nexthops": [
+        {"gateway": "192.168.100.11", "dev": "eth0"}, {"gateway": "192.168.100.12", "dev": "eth0"}]}])).routes
+    assert shown(plan(build_topology([one]), ["lab-client"], client_live(*multipath))) == [
+        "ip -n lab-client route replace 192.168.200.10/32 via 192.168.100.11"]
+
+
+def test_a_host_route_declared_absent_is_deleted_when_there():
+    gone = dict(name="lab-client", routes=[dict(to="192.168.200.10/32", state="absent")])
+    assert plan(build_topology([gone]), ["lab-client"], client_live()) == []
+    read = parse_route("192.168.200.10", via="192.168.100.11", dev="eth0")
+    assert shown(plan(build_topology([gone]), ["lab-client"], client_live(read))) == [
+        "ip -n lab-client route del 192.168.200.10/32"]
+
+
+@pytest.mark.parametrize("route, field", [
+    (dict(to="192.168.200.10/32", nexthops=["192.168.100.11", "nowhere"]), "namespaces[0].routes[0].nexthops[1]"),
+    (dict(to="192.168.200.10/32", nexthops=["192.168.100.11", "192.168.100.11"]), "namespaces[0].routes[0].nexthops[1]"),
+    (dict(to="192.168.200.10/32", nexthops=["192.168.100.11", "192.168.100.12"], via="192.168.100.11"),
+     "namespaces[0].routes[0].nexthops"),
+    (dict(to="192.168.200.10/32", nexthops=["192.168.100.11"], state="absent"), "namespaces[0].routes[0]"),
+    (dict(to="192.168.200.10/32", nexthops=[]), "namespaces[0].routes[0]"),
+])
+def test_bad_nexthops_name_their_field(route, field):
+    with pytest.raises(ValidationError) as raised:
+        build_topology([dict(name="lab-client", routes=[route])])
+    assert raised.value.field == field

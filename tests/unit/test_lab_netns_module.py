@@ -277,3 +277,14 @@ def test_documentation_matches_argument_spec():
 
     doc = yaml.safe_load(lab_netns_module.DOCUMENTATION)["options"]
     assert documented(doc) == specified(lab_netns_module.ARGUMENT_SPEC)
+
+
+def test_end_processes_ends_what_runs_in_the_absent_namespaces_before_they_go(monkeypatch):
+    processes = FakeProcesses(monkeypatch)
+    processes.alive.add(50)
+    host = FakeHost(existing=["lab-node2"], pids={"lab-node2": [50]})
+    outcome = run(monkeypatch, dict(namespaces=[NODE, POD1], absent_namespaces=["lab-node2", "lab-node3"],
+                                    end_processes=True), host)
+    assert processes.signals == [(50, signal.SIGTERM)]
+    assert outcome.result["commands"][:2] == ["kill 50  # the processes in lab-node2", "ip netns delete lab-node2"]
+    assert [argv for argv, _data in host.calls if argv[:3] == ["ip", "netns", "pids"]] == [["ip", "netns", "pids", "lab-node2"]]

@@ -18,10 +18,13 @@ description:
   - In V(iptables) mode that is kube-proxy's NAT chains (C(KUBE-SERVICES), C(KUBE-SVC-*),
     C(KUBE-SEP-*), C(KUBE-MARK-MASQ), C(KUBE-POSTROUTING)) with its chain names, comments,
     probabilities and marks, applied in one C(iptables-restore --noflush).
-  - In V(ipvs) mode it is one IPVS virtual server per service port (real servers in
-    masquerade mode), every ClusterIP on the dummy device C(kube-ipvs0), the ipsets
-    C(KUBE-CLUSTER-IP) and C(KUBE-LOOP-BACK), the iptables rules that use them, and the
-    C(net.ipv4.vs.*) sysctls.
+  - In V(ipvs) mode it is one IPVS virtual server per service port and address (the ClusterIP,
+    each external and load balancer IP, and for a NodePort each node address), real servers in
+    masquerade mode, every ClusterIP, external and load balancer IP on the dummy device
+    C(kube-ipvs0), the ipsets C(KUBE-CLUSTER-IP) and C(KUBE-LOOP-BACK) (and, once a Service is
+    reachable from outside, every other set kube-proxy keeps, C(KUBE-NODE-PORT-*),
+    C(KUBE-LOAD-BALANCER*), C(KUBE-EXTERNAL-IP*), C(KUBE-HEALTH-CHECK-NODE-PORT),
+    C(KUBE-IPVS-IPS)), the iptables rules that use them, and the C(net.ipv4.vs.*) sysctls.
   - In V(nftables) mode it is the table C(ip kube-proxy), changed in one C(nft -f) transaction.
     An existing table is edited in place, as kube-proxy's partial sync does, when only map and
     set elements, rules and chains differ (on a kernel older than 6.2, only when no chain has
@@ -164,8 +167,9 @@ options:
         description:
           - The Service's C(spec.type). V(NodePort) opens O(services[].node_port) on the node;
             V(LoadBalancer) also takes traffic for O(services[].load_balancer_ips).
-          - Only V(ClusterIP) is programmed in V(ipvs) mode so far; the others are refused
-            there, by field. V(nftables) mode answers NodePorts on O(node_ips) only, which it then needs.
+          - V(nftables) mode answers NodePorts on O(node_ips) only, which it then needs; V(ipvs)
+            mode puts a virtual server on each of O(node_ips), or without them on every address of
+            the node but those of C(kube-ipvs0) and loopback.
         type: str
         choices: [ClusterIP, NodePort, LoadBalancer]
         default: ClusterIP
@@ -328,16 +332,12 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.kube_proxy import iptables, ipvs, nftables, sync
+from ansible.module_utils.kube_proxy.argspec import SERVICE_OPTIONS
 from ansible.module_utils.kube_proxy.model import (
-    AFFINITIES,
-    DEFAULT_AFFINITY_TIMEOUT,
     IPVS_SCHEDULERS,
     MODES,
     NODE_PORT_RANGE,
-    PROTOCOLS,
-    SERVICE_TYPES,
     STATES,
-    TRAFFIC_POLICIES,
     ValidationError,
     build_config,
     validate_netns,
@@ -352,27 +352,6 @@ DEFAULT_LOCK_TIMEOUT = 600
 # Present while the kernel has IPVS loaded (as a module or built in); without it no
 # namespace can hold a virtual server, so there is nothing to read or clean.
 IP_VS_LOADED = "/sys/module/ip_vs"
-
-SERVICE_OPTIONS = dict(
-    namespace=dict(type="str", default="default"),
-    name=dict(type="str", required=True),
-    port_name=dict(type="str", default=""),
-    protocol=dict(type="str", choices=list(PROTOCOLS), default="TCP"),
-    cluster_ip=dict(type="str", required=True),
-    port=dict(type="int", required=True),
-    target_port=dict(type="int"),
-    session_affinity=dict(type="str", choices=list(AFFINITIES), default="None"),
-    session_affinity_timeout=dict(type="int", default=DEFAULT_AFFINITY_TIMEOUT),
-    endpoints=dict(type="list", elements="raw", default=[]),
-    type=dict(type="str", choices=list(SERVICE_TYPES), default="ClusterIP"),
-    node_port=dict(type="int"),
-    external_ips=dict(type="list", elements="str", default=[]),
-    load_balancer_ips=dict(type="list", elements="str", default=[]),
-    load_balancer_source_ranges=dict(type="list", elements="str", default=[]),
-    external_traffic_policy=dict(type="str", choices=list(TRAFFIC_POLICIES)),
-    internal_traffic_policy=dict(type="str", choices=list(TRAFFIC_POLICIES), default="Cluster"),
-    health_check_node_port=dict(type="int"),
-)
 
 ARGUMENT_SPEC = dict(
     netns=dict(type="str", required=True),
@@ -454,6 +433,8 @@ def read_live(module, node, config, present):
         live.ipvsadm_save = node.run("ipvsadm-save", "-n")
     rc, stdout, _stderr = node.probe("ip", "-o", "-4", "address", "show", "dev", ipvs.DUMMY_DEVICE)
     live.ipvs_device = stdout if rc == 0 else None
+    if present and config.mode == "ipvs" and any(service.externally_accessible for service in config.services):
+        live.local_addresses = node.run("ip", "-o", "-4", "address", "show")
     if module.get_bin_path("nft"):
         rc, stdout, _stderr = node.probe("nft", "-j", "list", "table", nftables.TABLE_FAMILY, nftables.TABLE_NAME)
         live.nft_table = stdout if rc == 0 else None

@@ -5,24 +5,35 @@ Every GET is answered with one line naming the pod and the client address the po
 for example ``pod=pod1 client=10.0.0.1:54321``, so a student sees both which backend the
 Service picked and whether the source was masqueraded.
 
+With ``--health-file F`` it is instead kube-proxy's health check server for one
+healthCheckNodePort (pkg/proxy/healthcheck/service_health.go), run in a node's namespace:
+every GET is answered as kube-proxy answers it, 200 when the Service has ready endpoints on
+the node and 503 when it has none, with kube-proxy's headers and JSON body (health_answer).
+The Service and its count are the entry for ``--port`` in F, a JSON file read on every
+request (``{"30081": {"namespace": "default", "name": "app1", "local_endpoints": 2}}``, the
+kube_proxy_health module writes it), so a new count needs no restart; no entry is 0, 503.
+
     lab_pod_server.py start   --name pod1 --port 8080 --pidfile P --logfile L
+    lab_pod_server.py start   --name lab-node --port 30081 --health-file F --pidfile P --logfile L
     lab_pod_server.py restart --name pod1 --port 8080 --pidfile P --logfile L
     lab_pod_server.py status  --pidfile P
     lab_pod_server.py stop    --pidfile P
 
 ``start`` is idempotent: when the pidfile names a live process whose command line
-(/proc/<pid>/cmdline) is this server with this pidfile and the same name, port and log, it
-prints ``running pid N`` and changes nothing; a server with other settings is replaced and a
-stale pidfile is removed. It prints ``started pid N`` only once the daemon listens and its
+(/proc/<pid>/cmdline) is this server with this pidfile and the same name, port, log and
+health file, it prints ``running pid N`` and changes nothing; a server with other settings is
+replaced and a stale pidfile is removed. It prints ``started pid N`` only once the daemon listens and its
 pidfile is written; ``stop`` sends SIGTERM to the pid (SIGKILL after 5 s) and waits. Run it inside the pod's namespace (``ip netns exec lab-pod1 python3 …``): the
 daemon keeps the namespace it was started in.
 
 The lab_pods role installs it with the lab_pod_servers module, which imports it from here
 (its helpers tell a running server's settings) and writes it to RUN_DIR/lab_pod_server.py.
+The kube_proxy_health module (the lab_proxy role) installs its own copy, RUN_DIR/health/lab_pod_server.py.
 """
 
 import argparse
 import http.server
+import json
 import os
 import signal
 import socketserver
@@ -73,13 +84,54 @@ def running_pid(pidfile):
     return pid if pid is not None and is_server(pid, pidfile) else None
 
 
+def health_answer(namespace, name, local_endpoints, healthy=True):
+    """kube-proxy's answer to a health check of Service namespace/name on a node with
+    local_endpoints ready endpoints of it: (status, headers, body). 200 when there is one or
+    more and kube-proxy is healthy (the lab's always is: it runs no healthz), else 503. The
+    body is kube-proxy's dedented, tab-indented JSON, without a final newline."""
+    body = "\n".join([
+        "{",
+        '\t"service": {',
+        '\t\t"namespace": %s,' % json.dumps(namespace),
+        '\t\t"name": %s' % json.dumps(name),
+        "\t},",
+        '\t"localEndpoints": %d,' % local_endpoints,
+        '\t"serviceProxyHealthy": %s' % ("true" if healthy else "false"),
+        "}",
+    ])
+    headers = [("Content-Type", "application/json"), ("X-Content-Type-Options", "nosniff"),
+               ("X-Load-Balancing-Endpoint-Weight", str(local_endpoints))]
+    return (200 if local_endpoints != 0 and healthy else 503), headers, body.encode()
+
+
+def read_health(health_file, port):
+    """(namespace, name, local_endpoints) of port's entry in the health file; a missing or
+    unreadable file or entry is ("", "", 0): no endpoint here."""
+    try:
+        with open(health_file, encoding="utf-8") as handle:
+            entry = json.load(handle)[str(port)]
+        return str(entry["namespace"]), str(entry["name"]), int(entry["local_endpoints"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return "", "", 0
+
+
 class Handler(http.server.BaseHTTPRequestHandler):
-    """Answer every GET with ``pod=<name> client=<ip>:<port>``."""
+    """Answer every GET with ``pod=<name> client=<ip>:<port>``, or as kube-proxy's health
+    check server with --health-file."""
 
     server_version = "kube-proxy-lab"
     protocol_version = "HTTP/1.0"
 
     def do_GET(self):  # noqa: N802 - the name http.server dispatches to
+        if self.server.health_file:
+            status, headers, body = health_answer(*read_health(self.server.health_file, self.server.server_port))
+            self.send_response(status)
+            for header, value in headers:
+                self.send_header(header, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         host, port = self.client_address[:2]
         body = f"pod={self.server.pod_name} client={host}:{port}\n".encode()
         self.send_response(200)
@@ -141,6 +193,7 @@ def daemonize(args):
     open_standard_fds()
     server = Server(("0.0.0.0", args.port), Handler, bind_and_activate=False)
     server.pod_name = args.name
+    server.health_file = args.health_file
     try:  # errors (port in use, no such address) surface here, in the caller
         server.server_bind()
         server.server_activate()
@@ -203,20 +256,22 @@ def parser():
     result.add_argument("--name", help="pod name put in every answer (start, restart)")
     result.add_argument("--port", type=int, default=8080)
     result.add_argument("--logfile", default=os.devnull)
+    result.add_argument("--health-file",
+                        help="absolute path: answer as kube-proxy's health check server (start, restart)")
     return result
 
 
 def settings(args):
-    return (args.name, args.port, args.logfile)
+    return (args.name, args.port, args.logfile, args.health_file)
 
 
-def running_with(pidfile, name, port, logfile):
+def running_with(pidfile, name, port, logfile, health_file=None):
     """The pid of the live server behind pidfile when it runs with these settings, else None."""
     pid = running_pid(pidfile)
     if pid is None:
         return None
     running, _ = parser().parse_known_args(server_argv(pid, pidfile) or [])
-    return pid if settings(running) == (name, port, logfile) else None
+    return pid if settings(running) == (name, port, logfile, health_file) else None
 
 
 def main(argv=None):
@@ -235,6 +290,8 @@ def main(argv=None):
         return 0
     if not args.name:
         cli.error(f"{args.action} needs --name")
+    if args.health_file and not os.path.isabs(args.health_file):
+        cli.error("--health-file must be an absolute path (the daemon runs in /)")
     note = ""
     pid = running_pid(args.pidfile)
     if pid and args.action == "start":

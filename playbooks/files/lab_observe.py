@@ -3,13 +3,16 @@
 
     lab_observe.py requests --url URL [--count N] [--timeout S]    # inside the source namespace
     lab_observe.py trace --kind xtables|nft -- REQUEST_ARGV...     # inside the node namespace
+    lab_observe.py locate < target.json                            # on the lab's host: who handles a target
     lab_observe.py report < observation.json                       # anywhere: the text for a student
 
 ``requests`` sends N requests, one TCP connection each (as N curls would, in one process),
 and prints, as JSON, how many each pod answered and the client addresses it saw.
 ``trace`` runs the kernel's trace monitor (``xtables-monitor --trace`` or
 ``nft monitor trace``), runs REQUEST_ARGV (one request from the source) while it listens,
-and prints the monitor's lines as JSON. ``report`` turns what observe.yml collected into
+and prints the monitor's lines as JSON. ``locate`` says, for a node port, load balancer or
+external IP, whether the node's kube-proxy rules hold it for the Service (read live) and
+which node's rules handle a connection from the source (the source's first hop). ``report`` turns what observe.yml collected into
 tables: the distribution, the kernel's counters, the conntrack entries, the path of one
 connection through the rules.
 """
@@ -239,6 +242,109 @@ def trace_steps(kind, lines):
     return steps
 
 
+# ---------------------------------------------------------------- locate (targets other than the ClusterIP)
+
+# What each target is called in a sentence, and what builds a Service that has it.
+TARGETS = {
+    "node-port": ("node port", "make lab TYPE=NodePort (or TYPE=LoadBalancer)"),
+    "load-balancer": ("load balancer IP", "make lab TYPE=LoadBalancer"),
+    "external-ip": ("external IP", "make lab TYPE=NodePort (or TYPE=LoadBalancer)"),
+}
+READ_RULES = {"iptables": ["iptables-save", "-t", "nat"], "nftables": ["nft", "list", "table", "ip", "kube-proxy"],
+              "ipvs": ["ipvsadm", "-Ln"]}
+
+
+def nft_elements(table_text, key):
+    """The chains the table's map elements KEY (``ip . tcp . port`` or ``tcp . port``) go to."""
+    return re.findall(r"(?:^|[{,])\s*%s : goto (\S+?)(?=[,\s}])" % re.escape(key), table_text, re.M)
+
+
+def programmed(mode, text, service, target, address, port, proto="tcp"):
+    """Whether the mode's rules (``READ_RULES``) hold TARGET (address:port) for SERVICE."""
+    if mode == "iptables":
+        comment = re.escape('--comment "%s' % service)
+        if target == "node-port":
+            pattern = r"^-A KUBE-NODEPORTS .*%s\" .*--dport %s -j " % (comment, port)
+        else:
+            pattern = r"^-A KUBE-SERVICES -d %s/32 .*%s .*--dport %s -j " % (re.escape(address), comment, port)
+        return re.search(pattern, text, re.M) is not None
+    if mode == "nftables":
+        key = "%s . %s" % (proto, port) if target == "node-port" else "%s . %s . %s" % (address, proto, port)
+        return any("-%s/%s/" % (service, proto) in chain for chain in nft_elements(text, key))
+    # ipvs: one virtual server per address and port (ipvsadm names no Service)
+    return re.search(r"^%s\s+%s:%s\s" % (proto.upper(), re.escape(address), port), text, re.M) is not None
+
+
+def first_hops(routes_json, nodes):
+    """The nodes a packet to the target goes to first, from ``ip -j route show match ADDR`` in
+    the source (its longest matching route): the node whose node IP or bridge address is each
+    gateway, None for a gateway that is no node. Several for a multipath route (a load balancer
+    spreading connections over the nodes: the kernel picks one per connection)."""
+    try:
+        routes = json.loads(routes_json or "[]")
+    except ValueError:
+        return []
+
+    def prefix(route):
+        dst = route.get("dst", "default")
+        return 0 if dst == "default" else int(dst.split("/")[1]) if "/" in dst else 32
+
+    if not routes:
+        return []
+    route = max(routes, key=prefix)
+    gateways = [hop.get("gateway") for hop in route.get("nexthops", [])] or [route.get("gateway")]
+    by_address = {address: node["netns"] for node in nodes
+                  for address in (node["ip"], node["bridge_address"].split("/")[0])}
+    return [by_address.get(gateway) for gateway in gateways]
+
+
+def locate(data, run=subprocess.run):
+    """Where a connection to the target is handled, and whether the rules there hold it.
+
+    A node port is DNATed by the node it is the port of, whoever sends; an external or load
+    balancer IP by the source's own node (a pod's, or the node itself) or, from the client, by
+    the node its route goes via. The connection comes "from outside" (kube-proxy's external
+    traffic policy applies to it) when its source address is neither a pod's nor the node's own."""
+    target, nodes = data["target"], data["nodes"]
+    netns = [node["netns"] for node in nodes]
+    source = data["source_netns"]
+    if target == "node-port":
+        handler, hop = data["node"], "the node port is %s's" % data["node"]
+    elif source in netns:
+        handler, hop = source, "the source is that node"
+    else:
+        route = run(["ip", "netns", "exec", source, "ip", "-j", "route", "show", "match", data["address"]],
+                    capture_output=True, text=True, check=False)
+        hops = first_hops(route.stdout, nodes) if route.returncode == 0 else []
+        handler = hops[0] if len(hops) == 1 else None
+        if handler:
+            hop = "%s routes %s via %s" % (source, data["address"], handler)
+        elif len(hops) > 1:
+            hop = ("%s routes %s via %s (a multipath route: the kernel picks a node per connection)"
+                   % (source, data["address"], " and ".join(hop or "a router" for hop in hops)))
+        else:
+            hop = "%s routes %s %s" % (source, data["address"], "via no node of this lab" if hops else "nowhere")
+    result = {"address": data["address"], "address_port": data["port"], "url": "%s:%s" % (data["address"], data["port"]),
+              "handler": handler or "", "hop": hop, "read": " ".join(READ_RULES[data["mode"]]),
+              "from_outside": source == data["client_netns"] or (source in netns and source != handler),
+              "hook": "OUTPUT" if source == handler else "PREROUTING"}
+    rules_netns = handler or data["node"]
+    rules = run(["ip", "netns", "exec", rules_netns] + READ_RULES[data["mode"]], capture_output=True, text=True,
+                check=False)
+    result["rules_netns"] = rules_netns
+    result["programmed"] = rules.returncode == 0 and programmed(
+        data["mode"], rules.stdout, data["service"], target, data["address"], data["port"], data["protocol"])
+    result["refusal"] = ""
+    if not result["programmed"]:
+        what, build = TARGETS[target]
+        result["refusal"] = (
+            "target=%s: %s has no %s %s:%s in %s's kube-proxy rules (read live with %s): the running Service is "
+            "no %s Service. Build one first, %s, or observe its ClusterIP (target=cluster-ip)."
+            % (target, data["service"], what, data["address"], data["port"], rules_netns, result["read"],
+               "LoadBalancer" if target == "load-balancer" else "NodePort or LoadBalancer", build))
+    return result
+
+
 # ---------------------------------------------------------------- report
 
 def percent(part, whole):
@@ -267,7 +373,8 @@ def distribution(data, endpoints):
     for name in names:
         pod = answered.get(name, {"count": 0, "clients": {}})
         ip = by_name.get(name, "?")
-        expected = "%5.1f %%" % (100.0 / len(endpoints)) if ip in endpoints else "  - (not an endpoint)"
+        expected = ("    ?" if endpoints is None else
+                    "%5.1f %%" % (100.0 / len(endpoints)) if ip in endpoints else "  - (not an endpoint)")
         clients = ", ".join("%s (%d)" % item for item in sorted(pod["clients"].items())) or "-"
         lines.append(row(name, ip, node_of.get(name, "?"), pod["count"], percent(pod["count"], result["count"]),
                          expected, clients))
@@ -276,13 +383,112 @@ def distribution(data, endpoints):
         lines.append(row("failed", "", "", failed, percent(failed, result["count"]), "0.0 %",
                          ", ".join("%s: %d" % item for item in sorted(result["failed"].items()))))
     lines.append("")
+    if endpoints is None:
+        lines.append("Endpoints programmed in the kernel: not read (no node known to handle the connection).")
+        return lines
     lines.append("Endpoints programmed in the kernel: %s (%d, so each should get 1/%d)."
                  % (", ".join(endpoints) or "none", len(endpoints), max(len(endpoints), 1)))
     return lines
 
 
+def destination(data):
+    """The address and port the requests went to: the ClusterIP's, or the target's."""
+    if data.get("target", "cluster-ip") == "cluster-ip":
+        return data["cluster_ip"], data["port"]
+    return data["address"], data["address_port"]
+
+
+def policy_jump(rules, from_outside, jump):
+    """The chain an EXT (external-) chain sends this source to: from outside, its last rule when
+    that is a bare jump (none when it is not: the Local policy without local endpoints); from a
+    pod or the node itself, the first jump to the cluster chain (the Local policy's short-circuit)."""
+    targets = [(rule, found.group(1)) for rule in rules for found in [re.search(jump, rule)] if found]
+    if from_outside:
+        return targets[-1][1] if targets and re.match(r"^(-j|goto) \S+$", targets[-1][0].strip()) else None
+    return next((chain for _rule, chain in targets if chain.startswith(("KUBE-SVC-", "service-"))), None)
+
+
+def external_kernel_view(data):
+    """kernel_view for a node port, load balancer or external IP: the rule that catches it, the
+    Service's firewall (source ranges) and EXT chains, and the policy chain they lead this source to."""
+    mode, (address, port) = data["mode"], destination(data)
+    node, outside = data["handler"], data["from_outside"]
+    what = TARGETS[data["target"]][0]
+    lines = []
+    if mode == "iptables":
+        deltas = counter_deltas(data["before"]["iptables"], data["after"]["iptables"])
+        if data["target"] == "node-port":
+            entry = [d for d in deltas if d[0] == "KUBE-NODEPORTS" and "--dport %s " % port in d[1] + " "]
+        else:
+            entry = [d for d in deltas if d[0] == "KUBE-SERVICES" and re.search(r"-d %s(/32)? " % re.escape(address), d[1])
+                     and "--dport %s " % port in d[1] + " "]
+        chains = [TARGET.search(rule)["target"] for _chain, rule, *_ in entry if TARGET.search(rule)]
+        rules_of = collections.OrderedDict()
+        for chain, rule, *_ in deltas:
+            rules_of.setdefault(chain, []).append(rule)
+        for chain in list(chains):
+            if chain.startswith("KUBE-FW-"):
+                chains += [t["target"] for t in map(TARGET.search, rules_of.get(chain, [])) if t and t["target"] not in chains]
+        ext = next((chain for chain in chains if chain.startswith("KUBE-EXT-")), None)
+        policy = policy_jump(rules_of.get(ext, []), outside, r"-j (KUBE-SV[CL]-\S+)")
+        seps = [t["target"] for t in map(TARGET.search, rules_of.get(policy, [])) if t and t["target"].startswith("KUBE-SEP-")]
+        dnat = {chain: found.group(1) for chain, rule, *_ in deltas if chain in seps
+                for found in [re.search(r"--to-destination ([0-9.]+):\d+", rule)] if found}
+        endpoints = [dnat[sep] for sep in seps if sep in dnat]
+        lines.append("iptables-save -c -t nat in %s (packets: total, +added by these requests): the %s's rule in %s,"
+                     % (node, what, "KUBE-NODEPORTS" if data["target"] == "node-port" else "KUBE-SERVICES"))
+        lines.append("then %s; there %s goes on to %s%s."
+                     % (" and ".join(chains) or "no chain (not programmed)",
+                        "a connection from outside" if outside else "a pod's or the node's own connection",
+                        policy or "no chain (dropped: no endpoint for it)", " and its KUBE-SEP-*" if seps else ""))
+        lines.extend("  %7d %+6d  -A %s %s" % (packets, added, chain, rule) for chain, rule, packets, added in entry)
+        for wanted in chains + ([policy] if policy else []) + seps:
+            lines.extend("  %7d %+6d  -A %s %s" % (packets, added, chain, rule)
+                         for chain, rule, packets, added in deltas if chain == wanted)
+        if any(chain.startswith("KUBE-FW-") for chain in chains):
+            lines.append("A source outside the ranges falls through KUBE-FW-* un-DNATed; filter's KUBE-PROXY-FIREWALL drops it.")
+    elif mode == "ipvs":
+        block, reals_after = ipvs_block(data["after"]["ipvs"], address, port)
+        _block, reals_before = ipvs_block(data["before"]["ipvs"], address, port)
+        endpoints = list(reals_after)
+        lines.append("ipvsadm -Ln --stats in %s, the %s's virtual server (Conns: connections scheduled to each"
+                     % (node, what))
+        lines.append("real server; +added by these requests):")
+        lines.extend("  " + line for line in block)
+        for ip, conns in reals_after.items():
+            lines.append("  %-15s +%d connections" % (ip, conns - reals_before.get(ip, 0)))
+    else:
+        table = data["after"]["nftables"]
+        proto = data["protocol"]
+        key = "%s . %s" % (proto, port) if data["target"] == "node-port" else "%s . %s . %s" % (address, proto, port)
+        chains = list(dict.fromkeys(nft_elements(table, key)))
+
+        def body(chain):
+            found = re.search(r"chain %s \{(.*?)\n\t\}" % re.escape(chain), table, re.S)
+            return [text.strip() for text in (found.group(1) if found else "").splitlines() if text.strip()]
+
+        ext = next((chain for chain in chains if chain.startswith("external-")), None)
+        policy = policy_jump(body(ext) if ext else [], outside, r"goto ((?:service|local)-\S+)")
+        numgen = next((line for line in (body(policy) if policy else []) if "numgen" in line), "")
+        endpoints = re.findall(r"__([0-9.]+)/\d+", numgen)
+        lines.append("nft list table ip kube-proxy in %s (no counters, see the ClusterIP's observe): the %s's"
+                     % (node, what))
+        lines.append("map element%s %s, and the chain%s it goes to:" % ("s" if len(chains) > 1 else "", key,
+                                                                        "s" if len(chains) > 1 else ""))
+        for chain in chains:
+            lines.append("  chain %s:" % chain)
+            lines.extend("    " + line for line in body(chain))
+        lines.append("  then, for %s: %s" % ("a connection from outside" if outside else "a pod's or the node's own connection",
+                                             policy or "none: dropped"))
+        if numgen:
+            lines.append("    " + numgen)
+    return lines, endpoints
+
+
 def kernel_view(data):
     """The mode's own counters for the service, and the endpoints they name."""
+    if data.get("target", "cluster-ip") != "cluster-ip":
+        return external_kernel_view(data)
     mode, vip, port = data["mode"], data["cluster_ip"], data["port"]
     lines = []
     if mode == "iptables":
@@ -312,13 +518,14 @@ def kernel_view(data):
 
 
 def conntrack_view(data):
-    before = {entry[0] for entry in conntrack_entries(data["before"]["conntrack"], data["cluster_ip"], data["port"])}
-    entries = [entry for entry in conntrack_entries(data["after"]["conntrack"], data["cluster_ip"], data["port"])
+    vip, port = destination(data)
+    before = {entry[0] for entry in conntrack_entries(data["before"]["conntrack"], vip, port)}
+    entries = [entry for entry in conntrack_entries(data["after"]["conntrack"], vip, port)
                if entry[0] not in before]
     names = {pod["ip"]: pod["name"] for pod in data["pods"]}
     per_pod = collections.Counter("%s (%s)" % (ip, names.get(ip, "?")) for _source, ip, _line in entries)
     lines = ["conntrack -L -d %s: %d new entries for these requests; the reply comes from the pod the"
-             % (data["cluster_ip"], len(entries)),
+             % (vip, len(entries)),
              "connection was DNATed to (the second src=):"]
     lines.extend("  %-20s %d" % item for item in sorted(per_pod.items()))
     lines.extend("  e.g. " + line for _source, _pod, line in entries[:2])
@@ -327,7 +534,9 @@ def conntrack_view(data):
 
 def path_view(data):
     path = data["path"]
-    lines = ["One connection from %s, followed through the rules:" % data["source"]]
+    vip, port = destination(data)
+    lines = ["One connection from %s, followed through the rules%s:"
+             % (data["source"], " of %s" % data["handler"] if data.get("target", "cluster-ip") != "cluster-ip" else "")]
     if path["method"] in ("xtables", "nft"):
         lines.append("(%s, inside the node; the trace rules are removed again)" % path["trace"]["monitor"])
         steps = trace_steps(path["method"], path["trace"]["lines"])
@@ -342,11 +551,11 @@ def path_view(data):
     for where, what in steps:
         lines.append("  %-40s %s" % (where, what))
     if path.get("ipvs_before") is not None:
-        _b, before = ipvs_block(path["ipvs_before"], data["cluster_ip"], data["port"])
-        _a, after = ipvs_block(path["ipvs_after"], data["cluster_ip"], data["port"])
+        _b, before = ipvs_block(path["ipvs_before"], vip, port)
+        _a, after = ipvs_block(path["ipvs_after"], vip, port)
         chosen = [ip for ip, conns in after.items() if conns > before.get(ip, 0)]
         lines.append("  %-40s virtual server %s:%s -> real server %s (masquerade, port %s)"
-                     % ("IPVS (LOCAL_IN/LOCAL_OUT hook)", data["cluster_ip"], data["port"],
+                     % ("IPVS (LOCAL_IN/LOCAL_OUT hook)", vip, port,
                         ", ".join(chosen) or "?", data["target_port"]))
     lines.append("  %-40s %s" % ("answer", answered_by(path.get("answer"))))
     return lines
@@ -355,7 +564,7 @@ def path_view(data):
 # Where the Service's path runs: iptables' nat table (and its KUBE-* chains), or the nat side of
 # kube-proxy's nftables table; the other tables and filter chains a traced packet crosses are left out.
 PATH_TABLES = {"xtables": ("nat",), "nft": ("kube-proxy",), "counters": ("",)}
-NFT_FILTER_CHAINS = ("filter-", "firewall-check", "cluster-ips-check", "service-endpoints-check",
+NFT_FILTER_CHAINS = ("filter-", "firewall-", "cluster-ips-check", "service-endpoints-check",
                      "nodeport-endpoints-check")
 
 
@@ -396,8 +605,20 @@ def report(data):
         texts = dict.fromkeys(("iptables", "ipvs", "nftables", "conntrack"), "")
         texts.update(dict(data[when]))
         data[when] = texts
-    kernel, endpoints = kernel_view(data)
-    sections = [distribution(data, endpoints), kernel, conntrack_view(data), path_view(data)]
+    if data.get("target", "cluster-ip") == "cluster-ip":
+        kernel, endpoints = kernel_view(data)
+        sections = [distribution(data, endpoints), kernel, conntrack_view(data), path_view(data)]
+    elif data["handler"]:
+        kernel, endpoints = kernel_view(data)
+        sections = [distribution(data, endpoints), kernel, conntrack_view(data), path_view(data)]
+        sections[0][1:1] = ["(the %s of %s; %s, so %s's kube-proxy rules handle the connection)"
+                            % (TARGETS[data["target"]][0], data["service"], data["hop"], data["handler"])]
+    else:
+        # Which node's rules DNAT the connection is not known: no counters, conntrack or path to show.
+        sections = [distribution(data, None)]
+        sections[0][1:1] = ["(the %s of %s; %s)" % (TARGETS[data["target"]][0], data["service"], data["hop"])]
+        sections.append(["Which node handles the connection is not known here, so this report leaves out the",
+                         "kernel's counters, the conntrack entries and the path of one connection."])
     return "\n".join("\n".join(line.rstrip() for line in section) + "\n" for section in sections)
 
 
@@ -413,12 +634,15 @@ def main(argv=None):
     follow = commands.add_parser("trace")
     follow.add_argument("--kind", choices=["xtables", "nft"], required=True)
     follow.add_argument("request", nargs="+")
+    commands.add_parser("locate")
     commands.add_parser("report")
     args = cli.parse_args(argv)
     if args.command == "requests":
         print(json.dumps(requests(args.url, args.count, args.timeout)))
     elif args.command == "trace":
         print(json.dumps(trace(args.kind, args.request)))
+    elif args.command == "locate":
+        print(json.dumps(locate(json.load(sys.stdin))))
     else:
         sys.stdout.write(report(json.load(sys.stdin)))
     return 0

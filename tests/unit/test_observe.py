@@ -136,3 +136,122 @@ def test_failed_requests_get_their_own_row():
     data = report_input("nftables", after=[["nftables", sample("nft-table.txt")], ["conntrack", ""]])
     data["requests"]["failed"] = {"ConnectionRefusedError": 5}
     assert "ConnectionRefusedError: 5" in observe.report(data)
+
+
+# ---------------------------------------------------------------- targets other than the ClusterIP
+
+NODES = [{"netns": "lab-node", "ip": "192.168.100.11", "bridge_address": "10.0.0.1/24"},
+         {"netns": "lab-node2", "ip": "192.168.100.12", "bridge_address": "10.0.1.1/24"}]
+NAT_LB = """-A KUBE-SERVICES -d 10.96.0.10/32 -p tcp -m comment --comment "default/app1 cluster IP" -m tcp --dport 80 -j KUBE-SVC-X
+-A KUBE-SERVICES -d 192.168.200.10/32 -p tcp -m comment --comment "default/app1 loadbalancer IP" -m tcp --dport 80 -j KUBE-FW-X
+-A KUBE-NODEPORTS -p tcp -m comment --comment "default/app1" -m tcp --dport 30080 -j KUBE-EXT-X
+"""
+NFT_NODEPORT = """\tmap service-nodeports {
+\t\telements = { tcp . 30080 : goto external-GX25I5IS-default/app1/tcp/ }
+\t}
+\tmap service-ips {
+\t\telements = { 10.96.0.10 . tcp . 80 : goto service-GX25I5IS-default/app1/tcp/,
+\t\t\t     192.168.200.20 . tcp . 80 : goto external-GX25I5IS-default/app1/tcp/ }
+\t}
+"""
+
+
+@pytest.mark.parametrize("mode, text, target, address, port, held", [
+    ("iptables", NAT_LB, "node-port", "192.168.100.12", 30080, True),
+    ("iptables", NAT_LB, "load-balancer", "192.168.200.10", 80, True),
+    ("iptables", NAT_LB, "external-ip", "192.168.200.20", 80, False),
+    ("iptables", NAT_LB.replace("default/app1", "default/app2"), "node-port", "192.168.100.12", 30080, False),
+    ("nftables", NFT_NODEPORT, "node-port", "192.168.100.11", 30080, True),
+    ("nftables", NFT_NODEPORT, "external-ip", "192.168.200.20", 80, True),
+    ("nftables", NFT_NODEPORT, "load-balancer", "192.168.200.10", 80, False),
+    ("nftables", NFT_NODEPORT.replace("30080", "30099"), "node-port", "192.168.100.11", 30080, False),
+    ("ipvs", "TCP  192.168.100.11:30080 rr\n  -> 10.0.0.2:8080 Masq 1 0 0\n", "node-port", "192.168.100.11", 30080, True),
+    ("ipvs", "TCP  10.96.0.10:80 rr\n", "load-balancer", "192.168.200.10", 80, False),
+])
+def test_whether_the_rules_hold_the_target(mode, text, target, address, port, held):
+    assert observe.programmed(mode, text, "default/app1", target, address, port) is held
+
+
+@pytest.mark.parametrize("gateway, node", [("192.168.100.11", "lab-node"), ("10.0.1.1", "lab-node2"),
+                                           ("192.168.100.1", None)])
+def test_the_first_hop_is_the_node_the_gateway_belongs_to(gateway, node):
+    routes = [{"dst": "default", "gateway": "192.168.100.1"}, {"dst": "192.168.200.0/24", "gateway": gateway}]
+    assert observe.first_hops(json.dumps(routes), NODES) == [node]
+
+
+def test_a_multipath_route_has_a_first_hop_per_node():
+    routes = [{"dst": "192.168.200.0/24", "gateway": "192.168.100.11"},
+              {"dst": "192.168.200.10", "nexthops": [{"gateway": "192.168.100.11"}, {"gateway": "192.168.100.12"}]}]
+    assert observe.first_hops(json.dumps(routes), NODES) == ["lab-node", "lab-node2"]
+
+
+class Ran:
+    """What locate ran, answered from a table of outputs: it runs only ip netns exec ...."""
+
+    def __init__(self, route, rules):
+        self.route, self.rules, self.argv = route, rules, []
+
+    def __call__(self, argv, **_kwargs):
+        self.argv.append(argv)
+        stdout = self.route if argv[4:7] == ["ip", "-j", "route"] else self.rules
+        return type("Done", (), {"returncode": 0, "stdout": stdout})()
+
+
+def locate_input(**parts):
+    data = dict(target="load-balancer", mode="iptables", service="default/app1", protocol="tcp",
+                address="192.168.200.10", port=80, source_netns="lab-client", client_netns="lab-client",
+                nodes=NODES, node="lab-node")
+    data.update(parts)
+    return data
+
+
+def test_the_client_s_load_balancer_ip_is_handled_by_the_node_it_routes_via():
+    run = Ran(json.dumps([{"gateway": "192.168.100.11"}]), NAT_LB)
+    found = observe.locate(locate_input(), run=run)
+    assert (found["handler"], found["hook"], found["from_outside"], found["programmed"]) == (
+        "lab-node", "PREROUTING", True, True)
+    assert all(argv[:3] == ["ip", "netns", "exec"] for argv in run.argv)
+
+
+def test_a_node_port_is_handled_by_its_node_and_a_node_s_own_request_is_not_from_outside():
+    run = Ran("", NAT_LB)
+    found = observe.locate(locate_input(target="node-port", node="lab-node2", address="192.168.100.12",
+                                        port=30080, source_netns="lab-node2"), run=run)
+    assert (found["handler"], found["hook"], found["from_outside"]) == ("lab-node2", "OUTPUT", False)
+    other = observe.locate(locate_input(target="node-port", node="lab-node2", address="192.168.100.12",
+                                        port=30080, source_netns="lab-node"), run=run)
+    assert (other["handler"], other["hook"], other["from_outside"]) == ("lab-node2", "PREROUTING", True)
+
+
+def test_a_target_the_service_lacks_is_refused_naming_the_variable_and_the_build():
+    found = observe.locate(locate_input(target="external-ip", address="192.168.200.20"),
+                           run=Ran(json.dumps([{"gateway": "192.168.100.11"}]), NAT_LB))
+    assert not found["programmed"]
+    assert found["refusal"].startswith("target=external-ip: default/app1 has no external IP 192.168.200.20:80")
+    assert "make lab TYPE=NodePort" in found["refusal"]
+
+
+def test_the_ext_chain_sends_outside_traffic_to_its_last_jump_and_pods_to_the_cluster_chain():
+    local = ['-s 10.0.0.0/16 -m comment --comment "pod traffic" -j KUBE-SVC-X',
+             '-m addrtype --src-type LOCAL -m comment --comment "masq" -j KUBE-MARK-MASQ',
+             '-m addrtype --src-type LOCAL -m comment --comment "route" -j KUBE-SVC-X', "-j KUBE-SVL-X"]
+    jump = r"-j (KUBE-SV[CL]-\S+)"
+    assert observe.policy_jump(local, True, jump) == "KUBE-SVL-X"
+    assert observe.policy_jump(local, False, jump) == "KUBE-SVC-X"
+    assert observe.policy_jump(local[:3], True, jump) is None, "Local policy, no local endpoint: dropped"
+
+
+def test_a_report_without_a_known_node_leaves_the_kernel_parts_out():
+    data = report_input("iptables", target="load-balancer", address="192.168.200.10", address_port=80, handler="",
+                        hop="lab-client routes 192.168.200.10 via no node of this lab", from_outside=True,
+                        before=[], after=[])
+    text = observe.report(data)
+    assert "via no node of this lab" in text and "leaves out the" in text
+    assert "conntrack -L" not in text and "path:" not in text
+
+
+def test_a_multipath_route_to_the_load_balancer_ip_names_no_one_node():
+    routes = [{"dst": "192.168.200.10", "nexthops": [{"gateway": "192.168.100.11"}, {"gateway": "192.168.100.12"}]}]
+    found = observe.locate(locate_input(), run=Ran(json.dumps(routes), NAT_LB))
+    assert found["handler"] == "" and found["programmed"]
+    assert "via lab-node and lab-node2 (a multipath route" in found["hop"]

@@ -79,6 +79,17 @@ def lab():
     return load_lab()
 
 
+@pytest.fixture(scope="module")
+def cluster(lab):
+    """The lab as a cluster (as_cluster), for a test module that builds layouts of its own; the
+    scenario's lab is put back after the module's last test, passed or failed. (test_cluster.py
+    has its own, which builds the cluster first.)"""
+    try:
+        yield as_cluster(lab)
+    finally:
+        play("lab.yml", mode=lab["mode"])
+
+
 def project_env():
     """The environment a student's ansible-playbook runs in: the project's ansible.cfg, plain
     text (molecule forces colour on; the tests read the output's lines)."""

@@ -3,14 +3,14 @@ in the scenario's mode: app1 as a NodePort or LoadBalancer Service, reached from
 every node IP on the node port, at its external IP and at its load balancer IP (both routed by
 the client via the first node), with each traffic policy.
 
-Runs in scenarios default and nftables: ipvs mode does not program these types yet (lab.yml
-and the kube_proxy module refuse them there, by name). The module's fixture puts the
-scenario's one-node ClusterIP lab back afterwards, in a finally.
+Runs in every mode: natively in scenarios default and nftables, in the user-mode-linux node in
+scenario ipvs-classroom. The module's fixture puts the scenario's one-node ClusterIP lab back
+afterwards, in a finally.
 """
 
-import pytest
+import re
 
-from conftest import as_cluster, changed_tasks, curl, play
+from conftest import changed_tasks, curl, play
 from test_cluster import answers_until_every_pod
 from test_exercises import bridge_address
 
@@ -20,14 +20,6 @@ CLUSTER_LAYOUT = {"nodes": 2, "pods": 4}
 def build(lab, service_type, traffic_policy="Cluster", **layout):
     layout = dict(CLUSTER_LAYOUT, **layout)
     play("lab.yml", mode=lab["mode"], service_type=service_type, traffic_policy=traffic_policy, **layout)
-
-
-@pytest.fixture(scope="module")
-def cluster(lab):
-    try:
-        yield as_cluster(lab)
-    finally:
-        play("lab.yml", mode=lab["mode"])
 
 
 def external_urls(lab):
@@ -82,7 +74,10 @@ def test_the_local_policy_keeps_the_client_address_and_the_node_s_own_pods(host,
 
 def test_a_node_without_local_pods_drops_what_comes_from_outside(host, lab, cluster):
     """One pod, on the first node: the second node's node port takes the connection attempt
-    and drops it (curl times out; no refusal), while the first node's still answers."""
+    and it dies there (curl times out; no refusal), while the first node's still answers.
+    iptables and nftables drop it; IPVS sends it on to the other node's pod unmasqueraded
+    (kube-proxy lets the node's own pods reach the Service so, kubernetes#97081), and the pod's
+    reply, from its own address, goes straight to the client, which takes it for no connection."""
     build(lab, "NodePort", "Local", pods=1)
     first, second = cluster["nodes"][:2]
     result = host.run("ip netns exec %s curl -s --max-time 2 %s", lab["client_netns"], node_port_url(lab, second))
@@ -111,9 +106,109 @@ def test_back_to_cluster_ip_leaves_nothing_of_the_external_rules(host, lab, clus
             saved = host.check_output("ip netns exec %s iptables-save", node["netns"])
             assert not [word for word in ("KUBE-EXT-", "KUBE-EXTERNAL-SERVICES", "KUBE-PROXY-FIREWALL", "KUBE-FW-")
                         if word in saved], saved
+        elif lab["mode"] == "ipvs":
+            servers = host.check_output("ip netns exec %s ipvsadm -Ln", node["netns"])
+            assert ":%s " % lab["node_port"] not in servers and lab["load_balancer_ip"] not in servers, servers
+            sets = host.check_output("ip netns exec %s ipset list -n", node["netns"]).split()
+            assert sorted(sets) == ["KUBE-CLUSTER-IP", "KUBE-LOOP-BACK"], sets
+            saved = host.check_output("ip netns exec %s iptables-save", node["netns"])
+            assert "KUBE-IPVS-FILTER" not in saved and "KUBE-PROXY-FIREWALL" not in saved, saved
         else:
             table = host.check_output("ip netns exec %s nft list table ip kube-proxy", node["netns"])
             assert "external-" not in table and "service-nodeports" in table, table
     result = host.run("ip netns exec %s curl -s --max-time 2 %s", lab["client_netns"],
                       node_port_url(lab, cluster["nodes"][0]))
     assert result.rc != 0, "the node port still answers: %s" % result.stdout
+
+
+# ---------------------------------------------------------------- source ranges; observe from outside
+
+EXCLUDING_THE_CLIENT = "203.0.113.0/24"   # TEST-NET-3: not the LAN
+INCLUDING_THE_CLIENT = "192.168.100.0/24"  # the LAN, the client's 192.168.100.2 with it
+OBSERVE_COUNT = 60  # each of 4 pods missing all 60 requests: (3/4)**60, about 3e-8
+# a pod's row: name, ip, node, count, share, expected share ("?" where no one node's rules were read), addresses seen
+OBSERVE_ROW = re.compile(r"^\s+(?P<pod>pod\d+)\s+(?P<ip>[0-9.]+)\s+(?P<node>\S+)\s+(?P<count>\d+)\s+[0-9.]+ %"
+                         r"\s+(?:[0-9.]+ %|\?)\s+(?P<seen>.*)$")
+
+
+def test_observe_refuses_a_target_the_running_service_does_not_have(host, lab, cluster):
+    """Right after test_back_to_cluster_ip: app1 is a ClusterIP Service, read so from the node's rules."""
+    result = play("playbooks/observe.yml", target="node-port", source="client", count=1, must_succeed=False)
+    assert result.returncode != 0
+    assert "target=node-port: default/app1 has no node port" in result.stdout, result.stdout[-3000:]
+    assert "make lab TYPE=NodePort" in result.stdout
+
+
+def test_source_ranges_that_exclude_the_client_drop_it_at_the_load_balancer_ip_only(host, lab, cluster):
+    """loadBalancerSourceRanges guard the load balancer IP alone: the client, outside them, gets no
+    answer there, while every node port and the external IP still answer it."""
+    build(lab, "LoadBalancer", source_ranges=EXCLUDING_THE_CLIENT)
+    lb_url = external_urls(lab)["load balancer IP"]
+    result = host.run("ip netns exec %s curl -s --max-time 2 %s", lab["client_netns"], lb_url)
+    assert result.rc != 0 and not result.stdout, "the client outside %s got %r (curl exit %d) from %s" % (
+        EXCLUDING_THE_CLIENT, result.stdout, result.rc, lb_url)
+    for node in cluster["nodes"]:
+        assert curl(host, lab["client_netns"], node_port_url(lab, node)) is not None, node_port_url(lab, node)
+    assert curl(host, lab["client_netns"], external_urls(lab)["external IP"]) is not None
+    lb = lab["load_balancer_ip"]
+    for node in cluster["nodes"]:
+        if lab["mode"] == "iptables":
+            nat = host.check_output("ip netns exec %s iptables-save -t nat", node["netns"]).splitlines()
+            to_fw = [line for line in nat if re.search(r"-j KUBE-FW-\S+$", line)]
+            assert len(to_fw) == 1 and "-d %s/32 " % lb in to_fw[0], to_fw
+            fw = to_fw[0].split("-j ")[-1]
+            assert any(line.startswith("-A %s -s %s " % (fw, EXCLUDING_THE_CLIENT)) and "-j KUBE-EXT-" in line
+                       for line in nat), nat
+            assert all("KUBE-EXT-" in line for line in nat if line.startswith("-A KUBE-NODEPORTS ")), nat
+            drop = host.check_output("ip netns exec %s iptables-save -t filter", node["netns"])
+            assert re.search(r"^-A KUBE-PROXY-FIREWALL -d %s/32 .* -j DROP$" % re.escape(lb), drop, re.M), drop
+        elif lab["mode"] == "nftables":
+            firewall = host.check_output("ip netns exec %s nft list map ip kube-proxy firewall-ips", node["netns"])
+            keys = re.findall(r"([0-9.]+) \. tcp \. \d+ : goto firewall-", firewall)
+            assert keys == [lb], firewall
+            nodeports = host.check_output("ip netns exec %s nft list map ip kube-proxy service-nodeports", node["netns"])
+            assert "goto external-" in nodeports and "firewall-" not in nodeports, nodeports
+
+
+def test_source_ranges_that_include_the_client_let_it_reach_the_load_balancer_ip(host, lab, cluster):
+    build(lab, "LoadBalancer", source_ranges=INCLUDING_THE_CLIENT)
+    seen = answers_until_every_pod(host, lab["client_netns"], external_urls(lab)["load balancer IP"], cluster["pods"])
+    assert None not in seen and {a["pod"] for a in seen} == {pod["name"] for pod in cluster["pods"]}
+
+
+def test_observe_a_node_port_and_the_load_balancer_ip_from_the_client(host, lab, cluster):
+    """On the last test's lab (LoadBalancer, Cluster policy, source ranges holding the client):
+    observe names every pod and the address it saw, masqueraded by the node that DNATs (its own
+    pods see its bridge address, the other node's pods its node IP). For a node port that is the
+    node port's node, whose rules it reads; for the load balancer IP, whichever node the client's
+    route sends a connection via (one node, or any of them behind the load balancer's multipath
+    route, where observe leaves the one node's counters and path out and says so)."""
+    first, second = cluster["nodes"][:2]
+    for target, node, url in (("node-port", second, node_port_url(lab, second)),
+                              ("load-balancer", None, external_urls(lab)["load balancer IP"])):
+        extra = {"node": node["netns"]} if node else {}
+        output = play("playbooks/observe.yml", target=target, source="client", count=OBSERVE_COUNT, **extra).stdout
+        assert "%d requests from client to %s (default/app1, mode %s)" % (OBSERVE_COUNT, url, lab["mode"]) in output, output
+        handled = re.search(r"so (\S+)'s kube-proxy rules handle the connection\)", output)
+        if node:
+            assert handled and handled.group(1) == node["netns"], output
+        else:
+            assert handled or "(a multipath route: the kernel picks a node per connection)" in output, output
+        handlers = [node] if node else [n for n in cluster["nodes"] if not handled or n["netns"] == handled.group(1)]
+        rows = {match["pod"]: match for match in map(OBSERVE_ROW.match, output.splitlines()) if match}
+        assert not re.search(r"^\s+failed\s+\d+", output, re.M), output
+        for pod in cluster["pods"]:
+            row = rows.get(pod["name"])
+            assert row and int(row["count"]) > 0, "%s: no answer from %s in:\n%s" % (target, pod["name"], output)
+            allowed = {bridge_address(n) if pod["node"] == n["netns"] else n["ip"] for n in handlers}
+            saw = set(re.findall(r"([0-9.]+) \(\d+\)", row["seen"]))
+            assert saw and saw <= allowed, "%s: %s saw %s, expected some of %s" % (target, pod["name"], saw, allowed)
+        assert sum(int(row["count"]) for row in rows.values()) == OBSERVE_COUNT
+        path = next((line.strip() for line in output.splitlines() if line.strip().startswith("path: ")), "")
+        if not handled:
+            assert not path and "leaves out the" in output, output
+        elif lab["mode"] == "iptables":
+            via = "KUBE-NODEPORTS -> KUBE-EXT-" if target == "node-port" else "KUBE-SERVICES -> KUBE-FW-"
+            assert via in path and " -> DNAT 10.0." in path, path
+        elif lab["mode"] == "nftables":
+            assert "services -> external-" in path and " -> DNAT 10.0." in path, path

@@ -225,6 +225,20 @@ options:
         never a mixture. The kernel releases the lock when its holder exits, killed or not.
     type: int
     default: 600
+  conntrack_cleanup:
+    description:
+      - "After each sync, delete the node's conntrack entries of UDP flows that the new rules would
+        no longer send where they went, as kube-proxy does (pkg/proxy/conntrack): each entry whose
+        original destination is a UDP service port (a ClusterIP, load balancer or external IP and
+        the port, or a NodePort on any address) and whose reply source, the address it was DNATed
+        to, is not a serving endpoint of that service port. One C(conntrack -D) with exact filters
+        (C(--orig-dst), C(--orig-port-dst), C(--reply-src)) per stale pair, never a flush. Without it
+        a client that keeps sending from one port keeps reaching a removed pod until its entry
+        times out (C(net.netfilter.nf_conntrack_udp_timeout[_stream]))."
+      - In check mode the entries are found and reported, not deleted. Runs only when a UDP
+        service port is declared. V(false) leaves every entry alone (the lab's C(udp_stale) exercise).
+    type: bool
+    default: true
 notes:
   - Every command runs as C(ip netns exec NETNS ...); nothing is changed outside the namespace.
   - "What is atomic: only each table's C(COMMIT) in an C(iptables-restore) and each C(nft -f)
@@ -240,6 +254,7 @@ requirements:
   - iptables (C(iptables-save), C(iptables-restore))
   - ipset, ipvsadm and kmod (C(modprobe)) for V(ipvs) mode
   - nftables (C(nft)) for V(nftables) mode
+  - conntrack (C(conntrack)), when a UDP service port is declared and O(conntrack_cleanup) is on
 """
 
 EXAMPLES = r"""
@@ -326,12 +341,21 @@ deleted_chains:
   type: list
   elements: str
   sample: [nat/KUBE-SEP-3PSCXV3XRLGCZ5L4]
+conntrack_deleted:
+  description:
+    - The stale UDP conntrack entries the cleanup deleted (in check mode, would delete), as
+      C(conntrack -L) prints them; see O(conntrack_cleanup).
+  returned: when the cleanup ran (a UDP service port declared, O(state=present), O(conntrack_cleanup) on)
+  type: list
+  elements: str
+  sample:
+    - udp 17 29 src=192.168.100.2 dst=10.96.0.53 sport=40000 dport=53 src=10.0.0.3 dst=192.168.100.2 sport=8053 dport=40000 mark=0 use=1
 """
 
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.kube_proxy import iptables, ipvs, nftables, sync
+from ansible.module_utils.kube_proxy import conntrack, iptables, ipvs, nftables, sync
 from ansible.module_utils.kube_proxy.argspec import SERVICE_OPTIONS
 from ansible.module_utils.kube_proxy.model import (
     IPVS_SCHEDULERS,
@@ -366,6 +390,7 @@ ARGUMENT_SPEC = dict(
     state=dict(type="str", choices=list(STATES), default="present"),
     services=dict(type="list", elements="dict", options=SERVICE_OPTIONS, default=[]),
     lock_timeout=dict(type="int", default=DEFAULT_LOCK_TIMEOUT),
+    conntrack_cleanup=dict(type="bool", default=True),
 )
 
 NO_IPVS = (
@@ -453,6 +478,23 @@ def apply(node, steps):
             node.run(*argv, data=data)
 
 
+def clean_conntrack(module, node, config):
+    """kube-proxy's conntrack cleanup once the rules are in: delete the UDP flows still DNATed
+    to an address that no longer serves their service port (in check mode only find them).
+    Returns the step, for the result and --diff: the stale entries, and the deletes."""
+    entries = conntrack.parse_entries(node.run(*conntrack.LIST_ARGV))
+    filters = conntrack.stale_filters(config.services, entries)
+    stale = conntrack.matched(filters, entries)
+    for item in filters if not module.check_mode else ():
+        rc, stdout, stderr = node.probe(*item.argv)
+        # conntrack exits 1 when nothing matched: a flow that ended since the listing.
+        if rc != 0 and not conntrack.NOTHING_DELETED.search(stderr or ""):
+            module.fail_json(msg="conntrack -D failed in network namespace %s: %s" % (node.netns, (stderr or stdout).strip()),
+                             cmd=list(item.argv), rc=rc, stdout=stdout, stderr=stderr)
+    return sync.Step("conntrack", before=sync.lines([entry.text for entry in stale]), after="",
+                     commands=[(item.argv, None) for item in filters])
+
+
 def run_module(module):
     params = module.params
     present = params["state"] == "present"
@@ -513,6 +555,10 @@ def run_module(module):
             plan = sync.plan(config, present, read_live(module, node, config, present))
             if not module.check_mode:
                 apply(node, plan.steps)
+            if present and params["conntrack_cleanup"] and conntrack.needs_cleanup(config.services):
+                cleanup = clean_conntrack(module, node, config)
+                plan.steps.append(cleanup)
+                result["conntrack_deleted"] = cleanup.before.splitlines()
     except LockTimeout:
         module.fail_json(msg="another kube_proxy run held network namespace %s for more than lock_timeout=%d s; "
                              "nothing was changed" % (netns, params["lock_timeout"]), **result)

@@ -20,7 +20,7 @@ description:
   - A pod is held down while O(run_dir) holds C(NAME.stopped) (C(playbooks/pod.yml -e server=stop)
     writes it) and its server is neither started nor stopped here.
   - A server already running with these settings (its pidfile names a live process whose command
-    line is this server with the same name, port and log) is left alone, so a run where everything
+    line is this server with the same name, ports and log) is left alone, so a run where everything
     runs starts no process. A server with other settings is replaced; a new version of the script
     restarts every server.
   - With O(probe), it then probes every serving pod's server from the node, as the kubelet runs a
@@ -47,6 +47,11 @@ options:
     description: The port every server listens on (the Service's targetPort).
     type: int
     default: 8080
+  udp_port:
+    description:
+      - A UDP port every server also answers on, one datagram per datagram (the targetPort of
+        the lab's UDP Service); unset, none.
+    type: int
   run_dir:
     description: Absolute path of the directory for the script, the pidfiles, the logs and the hold markers.
     type: path
@@ -91,6 +96,7 @@ EXAMPLES = r"""
     pods: [pod1, pod2, pod3]
     netns_prefix: lab-
     port: 8080
+    udp_port: 8053
     run_dir: /run/kube-proxy-lab
     probe:
       netns: lab-node
@@ -171,6 +177,7 @@ ARGUMENT_SPEC = dict(
     pods=dict(type="list", elements="str", required=True),
     netns_prefix=dict(type="str", default="lab-"),
     port=dict(type="int", default=8080),
+    udp_port=dict(type="int"),
     run_dir=dict(type="path", default="/run/kube-proxy-lab"),
     python=dict(type="str"),
     probe=dict(type="dict", options=dict(netns=dict(type="str", required=True),
@@ -194,8 +201,8 @@ def pod_file(run_dir, name, suffix):
 def start_argv(params, python, script, name, action):
     run_dir = params["run_dir"]
     return ["ip", "netns", "exec", params["netns_prefix"] + name, python, script, action, "--name", name,
-            "--port", str(params["port"]), "--pidfile", pod_file(run_dir, name, "pid"),
-            "--logfile", pod_file(run_dir, name, "log")]
+            "--port", str(params["port"])] + (["--udp-port", str(params["udp_port"])] if params["udp_port"] else []) + [
+            "--pidfile", pod_file(run_dir, name, "pid"), "--logfile", pod_file(run_dir, name, "log")]
 
 
 def plan(params, script_changed):
@@ -208,7 +215,8 @@ def plan(params, script_changed):
         pidfile = pod_file(run_dir, name, "pid")
         if script_changed:
             starts.append((name, "restart" if server.running_pid(pidfile) else "start"))
-        elif server.running_with(pidfile, name, params["port"], pod_file(run_dir, name, "log")) is None:
+        elif server.running_with(pidfile, name, params["port"], pod_file(run_dir, name, "log"),
+                                 udp_port=params["udp_port"] or None) is None:
             starts.append((name, "start"))
     return held, serving, starts
 

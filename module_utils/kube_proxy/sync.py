@@ -86,8 +86,9 @@ def running_mode(live: Live) -> Optional[str]:
     return None
 
 
-def _lines(lines: List[str]) -> str:
-    return "\n".join(lines) + ("\n" if lines else "")
+def lines(items: List[str]) -> str:
+    """ITEMS as text, one per line."""
+    return "\n".join(items) + ("\n" if items else "")
 
 
 def plan(config: ProxyConfig, present: bool, live: Live) -> SyncPlan:
@@ -113,15 +114,15 @@ def plan(config: ProxyConfig, present: bool, live: Live) -> SyncPlan:
         differing = ["%s=%s" % (key, value) for key, value in ipvs.SYSCTLS if live.sysctls.get(key) != value]
         steps.append(Step(
             "sysctls",
-            before=_lines(["%s = %s" % (key, live.sysctls.get(key, "(unset)")) for key in wanted_sysctls]),
-            after=_lines(["%s = %s" % item for item in ipvs.SYSCTLS]),
+            before=lines(["%s = %s" % (key, live.sysctls.get(key, "(unset)")) for key in wanted_sysctls]),
+            after=lines(["%s = %s" % item for item in ipvs.SYSCTLS]),
             commands=[(("sysctl", "-w") + tuple(differing), None)] if differing else [],
         ))
 
     sets_before, sets_after = ipvs.plan_ipsets(wanted_ipvs.ipsets, live_sets)
     sets_diff = dict(before=lambda: ipvs.ipset_text(live_sets), after=lambda: ipvs.ipset_text(wanted_ipvs.ipsets))
     # Sets must exist before the iptables rules that match on them ...
-    steps.append(Step("ipset", commands=[(("ipset", "restore", "-exist"), _lines(sets_before))] if sets_before else [],
+    steps.append(Step("ipset", commands=[(("ipset", "restore", "-exist"), lines(sets_before))] if sets_before else [],
                       **sets_diff))
     steps.append(Step(
         "iptables", before=lambda: rules_plan.before, after=lambda: rules_plan.after,
@@ -129,7 +130,7 @@ def plan(config: ProxyConfig, present: bool, live: Live) -> SyncPlan:
     ))
     # ... and can only be destroyed once no rule refers to them.
     if sets_after:
-        steps.append(Step("ipset", commands=[(("ipset", "restore"), _lines(sets_after))], **sets_diff))
+        steps.append(Step("ipset", commands=[(("ipset", "restore"), lines(sets_after))], **sets_diff))
 
     server_lines = ipvs.plan_virtual_servers(wanted_ipvs.virtual_servers, live_servers)
     steps.append(Step(
@@ -138,14 +139,14 @@ def plan(config: ProxyConfig, present: bool, live: Live) -> SyncPlan:
         after=lambda: ipvs.ipvsadm_text(wanted_ipvs),
         # `ipvsadm -R`, not ipvsadm-restore: that script clears every virtual server first,
         # which would cut every connection and make the -D/-E/-d/-e edits fail.
-        commands=[(("ipvsadm", "-R"), _lines(server_lines))] if server_lines else [],
+        commands=[(("ipvsadm", "-R"), lines(server_lines))] if server_lines else [],
     ))
     address_lines = ipvs.plan_addresses(wanted_ipvs.addresses, live_addresses)
     steps.append(Step(
         ipvs.DUMMY_DEVICE,
-        before=_lines(sorted(live_addresses)) if live_addresses is not None else "",
-        after=_lines(sorted(wanted_ipvs.addresses)),
-        commands=[(("ip", "-batch", "-"), _lines(address_lines))] if address_lines else [],
+        before=lines(sorted(live_addresses)) if live_addresses is not None else "",
+        after=lines(sorted(wanted_ipvs.addresses)),
+        commands=[(("ip", "-batch", "-"), lines(address_lines))] if address_lines else [],
     ))
 
     wanted_table = nftables.render(config, config.service_cidr) if use_nftables else None
@@ -190,7 +191,7 @@ def rendered_rules(
     return "".join([
         "# ipvsadm-save -n\n", ipvs.ipvsadm_text(wanted_ipvs),
         "# ip -4 addr show dev %s\n" % ipvs.DUMMY_DEVICE,
-        _lines(["inet %s" % address for address in sorted(wanted_ipvs.addresses)]),
+        lines(["inet %s" % address for address in sorted(wanted_ipvs.addresses)]),
         "# ipset save\n", ipvs.ipset_text(wanted_ipvs.ipsets),
         "# iptables-restore --noflush\n", restore,
     ])

@@ -3,7 +3,8 @@
 
 Every GET is answered with one line naming the pod and the client address the pod saw,
 for example ``pod=pod1 client=10.0.0.1:54321``, so a student sees both which backend the
-Service picked and whether the source was masqueraded.
+Service picked and whether the source was masqueraded. With ``--udp-port N`` it answers every
+datagram to UDP port N the same way, with one datagram (the lab's UDP Service, like kube-dns).
 
 With ``--health-file F`` it is instead kube-proxy's health check server for one
 healthCheckNodePort (pkg/proxy/healthcheck/service_health.go), run in a node's namespace:
@@ -13,7 +14,7 @@ The Service and its count are the entry for ``--port`` in F, a JSON file read on
 request (``{"30081": {"namespace": "default", "name": "app1", "local_endpoints": 2}}``, the
 kube_proxy_health module writes it), so a new count needs no restart; no entry is 0, 503.
 
-    lab_pod_server.py start   --name pod1 --port 8080 --pidfile P --logfile L
+    lab_pod_server.py start   --name pod1 --port 8080 [--udp-port 8053] --pidfile P --logfile L
     lab_pod_server.py start   --name lab-node --port 30081 --health-file F --pidfile P --logfile L
     lab_pod_server.py restart --name pod1 --port 8080 --pidfile P --logfile L
     lab_pod_server.py status  --pidfile P
@@ -21,7 +22,7 @@ kube_proxy_health module writes it), so a new count needs no restart; no entry i
 
 ``start`` is idempotent: when the pidfile names a live process whose command line
 (/proc/<pid>/cmdline) is this server with this pidfile and the same name, port, log and
-health file, it prints ``running pid N`` and changes nothing; a server with other settings is
+health file and UDP port, it prints ``running pid N`` and changes nothing; a server with other settings is
 replaced and a stale pidfile is removed. It prints ``started pid N`` only once the daemon listens and its
 pidfile is written; ``stop`` sends SIGTERM to the pid (SIGKILL after 5 s) and waits. Run it inside the pod's namespace (``ip netns exec lab-pod1 python3 …``): the
 daemon keeps the namespace it was started in.
@@ -36,8 +37,10 @@ import http.server
 import json
 import os
 import signal
+import socket
 import socketserver
 import sys
+import threading
 import time
 
 # The name it runs under (lab_pods installs it as RUN_DIR/lab_pod_server.py): a process is
@@ -104,6 +107,18 @@ def health_answer(namespace, name, local_endpoints, healthy=True):
     return (200 if local_endpoints != 0 and healthy else 503), headers, body.encode()
 
 
+def pod_answer(pod_name, client_address):
+    """The one line a pod answers with, over HTTP and UDP alike."""
+    host, port = client_address[:2]
+    return f"pod={pod_name} client={host}:{port}\n".encode()
+
+
+def log(client_host, message):
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+    sys.stderr.write(f"{stamp} {client_host} {message}\n")
+    sys.stderr.flush()
+
+
 def read_health(health_file, port):
     """(namespace, name, local_endpoints) of port's entry in the health file; a missing or
     unreadable file or entry is ("", "", 0): no endpoint here."""
@@ -132,8 +147,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(body)
             return
-        host, port = self.client_address[:2]
-        body = f"pod={self.server.pod_name} client={host}:{port}\n".encode()
+        body = pod_answer(self.server.pod_name, self.client_address)
         self.send_response(200)
         self.send_header("Content-Type", "text/plain; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
@@ -141,9 +155,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def log_message(self, format, *args):  # noqa: A002 - signature of the base class
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-        sys.stderr.write(f"{stamp} {self.address_string()} {format % args}\n")
-        sys.stderr.flush()
+        log(self.address_string(), format % args)
+
+
+def serve_datagrams(udp, pod_name):
+    """Answer every datagram with one: the pod's line, to the address it came from."""
+    while True:
+        _data, client_address = udp.recvfrom(2048)
+        udp.sendto(pod_answer(pod_name, client_address), client_address)
+        log(client_address[0], f"UDP from port {client_address[1]}")
 
 
 class Server(http.server.ThreadingHTTPServer):
@@ -157,7 +177,7 @@ class Server(http.server.ThreadingHTTPServer):
         self.server_name, self.server_port = self.server_address[:2]
 
 
-def serve(server, pidfile, ready_fd):
+def serve(server, udp, pidfile, ready_fd):
     """Run in the daemon: write the pidfile, report ready, serve until SIGTERM."""
     with open(f"{pidfile}.tmp", "w", encoding="ascii") as handle:
         handle.write(f"{os.getpid()}\n")
@@ -170,6 +190,8 @@ def serve(server, pidfile, ready_fd):
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if udp is not None:
+        threading.Thread(target=serve_datagrams, args=(udp, server.pod_name), daemon=True).start()
     os.write(ready_fd, b"ok")
     os.close(ready_fd)
     server.serve_forever()
@@ -199,6 +221,13 @@ def daemonize(args):
         server.server_activate()
     except OSError as error:
         sys.exit(f"{args.name}: cannot listen on port {args.port}: {error.strerror}")
+    udp = None
+    if args.udp_port:
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            udp.bind(("0.0.0.0", args.udp_port))
+        except OSError as error:
+            sys.exit(f"{args.name}: cannot listen on UDP port {args.udp_port}: {error.strerror}")
     ready_r, ready_w = os.pipe()
     first = os.fork()
     if first == 0:
@@ -216,11 +245,13 @@ def daemonize(args):
         os.close(null)
         os.close(log)
         try:
-            serve(server, args.pidfile, ready_w)
+            serve(server, udp, args.pidfile, ready_w)
         finally:
             os._exit(1)
     os.close(ready_w)
     server.socket.close()
+    if udp is not None:
+        udp.close()
     os.waitpid(first, 0)
     ready = os.read(ready_r, 2)
     os.close(ready_r)
@@ -255,6 +286,7 @@ def parser():
     result.add_argument("--pidfile", required=True, help="absolute path; identifies the daemon")
     result.add_argument("--name", help="pod name put in every answer (start, restart)")
     result.add_argument("--port", type=int, default=8080)
+    result.add_argument("--udp-port", type=int, help="also answer datagrams to this UDP port (start, restart)")
     result.add_argument("--logfile", default=os.devnull)
     result.add_argument("--health-file",
                         help="absolute path: answer as kube-proxy's health check server (start, restart)")
@@ -262,16 +294,16 @@ def parser():
 
 
 def settings(args):
-    return (args.name, args.port, args.logfile, args.health_file)
+    return (args.name, args.port, args.logfile, args.health_file, args.udp_port)
 
 
-def running_with(pidfile, name, port, logfile, health_file=None):
+def running_with(pidfile, name, port, logfile, health_file=None, udp_port=None):
     """The pid of the live server behind pidfile when it runs with these settings, else None."""
     pid = running_pid(pidfile)
     if pid is None:
         return None
     running, _ = parser().parse_known_args(server_argv(pid, pidfile) or [])
-    return pid if settings(running) == (name, port, logfile, health_file) else None
+    return pid if settings(running) == (name, port, logfile, health_file, udp_port) else None
 
 
 def main(argv=None):

@@ -90,6 +90,6 @@ def test_the_server_reads_what_the_module_writes(tmp_path):
 def test_the_health_file_is_part_of_a_servers_settings():
     args = server.parser().parse_args(["start", "--pidfile", "/p", "--name", "lab-node", "--port", "30081",
                                        "--health-file", "/run/h.json"])
-    assert server.settings(args) == ("lab-node", 30081, "/dev/null", "/run/h.json")
+    assert server.settings(args) == ("lab-node", 30081, "/dev/null", "/run/h.json", None)
     pod = server.parser().parse_args(["start", "--pidfile", "/p", "--name", "pod1"])
-    assert server.settings(pod) == ("pod1", 8080, "/dev/null", None)
+    assert server.settings(pod) == ("pod1", 8080, "/dev/null", None, None)

@@ -4,6 +4,8 @@ declared, leaves held pods alone (run_command and the server's process checks pa
 import importlib.util
 import inspect
 import signal
+import socket
+import threading
 
 import pytest
 from ansible.module_utils import basic
@@ -37,9 +39,11 @@ class Servers:
     def running_pid(self, pidfile):
         return 100 if self._pod(pidfile) in self.running | self.other else None
 
-    def running_with(self, pidfile, name, port, logfile):
+    def running_with(self, pidfile, name, port, logfile, udp_port=None):
         assert pidfile.endswith("/%s.pid" % name) and logfile.endswith("/%s.log" % name) and port == 8080
-        return 100 if name in self.running else None
+        return 100 if name in self.running and udp_port == self.udp_port else None
+
+    udp_port = None
 
     def run_command(self, argv, **_kwargs):
         self.calls.append(argv)
@@ -71,6 +75,37 @@ def test_a_new_lab_gets_the_script_and_every_server(monkeypatch, tmp_path):
                                 "start", "--name", "pod1", "--port", "8080", "--pidfile", str(run_dir / "pod1.pid"),
                                 "--logfile", str(run_dir / "pod1.log")]
     assert outcome.result["commands"] == [" ".join(argv) for argv in servers.calls]
+
+
+def test_a_udp_port_is_part_of_every_servers_command_line_and_settings(monkeypatch, tmp_path):
+    installed(tmp_path)
+    servers = Servers(monkeypatch, running=PODS)
+    run(dict(pods=PODS, run_dir=str(tmp_path), udp_port=8053))
+    assert servers.actions() == [("lab-pod1", "start"), ("lab-pod2", "start"), ("lab-pod3", "start")]
+    assert servers.calls[0][9:13] == ["--port", "8080", "--udp-port", "8053"]
+    servers.calls, servers.udp_port = [], 8053
+    assert not run(dict(pods=PODS, run_dir=str(tmp_path), udp_port=8053)).result["changed"]
+
+
+def test_the_server_answers_a_datagram_with_the_pod_and_the_client_it_saw():
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(("127.0.0.1", 0))
+    threading.Thread(target=server.serve_datagrams, args=(listener, "pod2"), daemon=True).start()
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.settimeout(5)
+    client.bind(("127.0.0.1", 0))
+    client.sendto(b"?", listener.getsockname())
+    answer, source = client.recvfrom(2048)
+    assert answer == ("pod=pod2 client=127.0.0.1:%d\n" % client.getsockname()[1]).encode()
+    assert source == listener.getsockname()
+    client.close()
+
+
+def test_the_udp_port_is_part_of_a_servers_settings():
+    with_udp = server.parser().parse_args(["start", "--pidfile", "/p", "--name", "pod1", "--udp-port", "8053"])
+    without = server.parser().parse_args(["start", "--pidfile", "/p", "--name", "pod1"])
+    assert server.settings(with_udp) != server.settings(without)
+    assert server.settings(with_udp)[-1] == 8053
 
 
 def test_servers_running_as_declared_start_nothing(monkeypatch, tmp_path):

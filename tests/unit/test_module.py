@@ -306,6 +306,84 @@ def test_failing_command_names_itself_and_the_namespace(monkeypatch, netns_exist
     assert outcome.result["rc"] == 1
 
 
+# --------------------------------------------------------------------------- conntrack cleanup
+
+DNS_SERVICE = dict(namespace="default", name="dns", port_name="dns", protocol="UDP", cluster_ip="10.96.0.53",
+                   port=53, target_port=8053, endpoints=["10.0.0.2", dict(ip="10.0.0.3", ready=False, serving=False)])
+# A flow to the stopped pod 10.0.0.3, one to the live pod, and one of another UDP service.
+CONNTRACK_LIST = "".join(
+    "udp      17 170 src=192.168.100.2 dst=%s sport=40000 dport=%d src=%s dst=192.168.100.2 sport=%d dport=40000 "
+    "[ASSURED] mark=0 use=1\n" % flow
+    for flow in [("10.96.0.53", 53, "10.0.0.3", 8053), ("10.96.0.53", 53, "10.0.0.2", 8053),
+                 ("10.96.0.99", 53, "10.0.0.3", 53)])
+STALE_DELETE = ["conntrack", "-D", "-p", "udp", "--orig-dst", "10.96.0.53", "--orig-port-dst", "53",
+                "--reply-src", "10.0.0.3"]
+
+
+def conntrack_node():
+    node = FakeNode()
+    node.answers["conntrack -L"] = (0, CONNTRACK_LIST, "conntrack v1.4.7 (conntrack-tools): 3 flow entries have been shown.\n")
+    node.answers["conntrack -D"] = (0, CONNTRACK_LIST.splitlines()[0], "conntrack v1.4.7 (conntrack-tools): 1 flow entries have been deleted.\n")
+    return node
+
+
+def test_the_stale_udp_flow_is_deleted_once_the_rules_are_in(monkeypatch, netns_exists):
+    node = conntrack_node()
+    outcome = run(monkeypatch, app1_args(services=[dict(APP1), DNS_SERVICE]), node, diff=True)
+    commands = node.commands()
+    assert [command for command in commands if command[0] == "conntrack"] == [["conntrack", "-L", "-p", "udp"], STALE_DELETE]
+    assert commands.index(["iptables-restore", "--noflush"]) < commands.index(["conntrack", "-L", "-p", "udp"])
+    assert outcome.result["conntrack_deleted"] == [CONNTRACK_LIST.splitlines()[0]]
+    conntrack_diff = outcome.result["diff"][-1]
+    assert conntrack_diff["before_header"] == "lab-node: conntrack (before)"
+    assert conntrack_diff["before"] == CONNTRACK_LIST.splitlines()[0] + "\n" and conntrack_diff["after"] == ""
+
+
+def test_check_mode_finds_the_stale_flows_and_deletes_none(monkeypatch, netns_exists):
+    node = conntrack_node()
+    outcome = run(monkeypatch, app1_args(services=[DNS_SERVICE]), node, check_mode=True)
+    assert ["conntrack", "-L", "-p", "udp"] in node.commands()
+    assert not [command for command in node.commands() if command[:2] == ["conntrack", "-D"]]
+    assert outcome.result["changed"] is True
+    assert outcome.result["conntrack_deleted"] == [CONNTRACK_LIST.splitlines()[0]]
+
+
+def test_no_stale_flow_no_change(monkeypatch, netns_exists):
+    node = conntrack_node()
+    node.answers["conntrack -L"] = (0, CONNTRACK_LIST.splitlines()[1] + "\n", "")
+    first = run(monkeypatch, app1_args(services=[DNS_SERVICE]), node)
+    node.answers["iptables-save"] = (0, first.result["rules"], "")
+    outcome = run(monkeypatch, app1_args(services=[DNS_SERVICE]), node)
+    assert outcome.result["changed"] is False
+    assert outcome.result["conntrack_deleted"] == []
+
+
+@pytest.mark.parametrize("args", [dict(conntrack_cleanup=False), dict(services=[dict(APP1)]),
+                                  dict(services=[dict(DNS_SERVICE, endpoints=[])]), dict(state="absent")])
+def test_no_cleanup_without_a_udp_service_port_with_endpoints_or_when_switched_off(monkeypatch, netns_exists, args):
+    node = conntrack_node()
+    outcome = run(monkeypatch, app1_args(**dict(dict(services=[DNS_SERVICE]), **args)), node)
+    assert not outcome.failed
+    assert not [command for command in node.commands() if command[0] == "conntrack"]
+    assert "conntrack_deleted" not in outcome.result
+
+
+def test_a_flow_gone_since_the_listing_is_no_failure(monkeypatch, netns_exists):
+    node = conntrack_node()
+    node.answers["conntrack -D"] = (1, "", "conntrack v1.4.7 (conntrack-tools): 0 flow entries have been deleted.\n")
+    assert not run(monkeypatch, app1_args(services=[DNS_SERVICE]), node).failed
+
+
+def test_a_failing_delete_names_the_command_and_the_namespace(monkeypatch, netns_exists):
+    node = conntrack_node()
+    node.answers["conntrack -D"] = (1, "", "conntrack v1.4.7 (conntrack-tools): Operation failed: invalid parameters\n")
+    outcome = run(monkeypatch, app1_args(services=[DNS_SERVICE]), node)
+    assert outcome.failed
+    assert outcome.result["msg"] == ("conntrack -D failed in network namespace lab-node: "
+                                     "conntrack v1.4.7 (conntrack-tools): Operation failed: invalid parameters")
+    assert outcome.result["cmd"] == STALE_DELETE
+
+
 # --------------------------------------------------------------------------- documentation
 
 def _documented_options():

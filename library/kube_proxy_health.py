@@ -33,7 +33,9 @@ description:
   - A server already running with these settings, in the node's current namespace, is left
     alone; one whose port is gone is ended by its pid (SIGTERM, SIGKILL after 5 seconds); one
     left in a namespace that is no longer the node's (the node deleted and made anew) is ended
-    and started again. A new version of the script restarts the node's servers.
+    and started again. A new version of the script restarts the node's servers. The files of a
+    node whose namespace is gone and whose servers ended (a node scaled away) are deleted; once
+    no node has a server or a file left, the script and O(run_dir)C(/health/) go too.
   - With O(state=absent) it ends, by their pidfiles, the health check servers of the node
     O(netns), or of every node when O(netns) is not given, and deletes their files (without
     O(netns), the whole O(run_dir)C(/health/)). Run it before the nodes are deleted, as a
@@ -252,6 +254,17 @@ def remove(path):
         pass
 
 
+def remove_empty_health_dir(params):
+    """Delete the health directory when it holds nothing but the server script."""
+    directory = health_dir(params)
+    try:
+        if set(os.listdir(directory)) <= {server.SCRIPT}:
+            remove(os.path.join(directory, server.SCRIPT))
+            os.rmdir(directory)
+    except FileNotFoundError:
+        pass
+
+
 def write_atomically(path, text, mode=0o644):
     temporary = path + ".new"
     with open(temporary, "w") as handle:
@@ -286,6 +299,18 @@ def plan_present(params, netns, checks, script_changed):
     return starts, ends, [path for path in leftovers if os.path.lexists(path)]
 
 
+def files_of_vanished_nodes(params, netns):
+    """The files of the other nodes whose namespace is gone (a node scaled away, its servers
+    ended with it): nothing will ask for them again."""
+    files = []
+    for other, known in sorted(known_files(params).items()):
+        if other == netns or os.path.exists(os.path.join(NETNS_DIR, other)):
+            continue
+        if not any(server.running_pid(node_file(params, other, "pid", port)) for port in known["ports"]):
+            files += known["files"]
+    return files
+
+
 def servers_text(netns, ports):
     return "".join("%s:%d health check server\n" % (netns, port) for port in sorted(ports))
 
@@ -314,6 +339,7 @@ def run_present(module, params):
     starts, ends, leftovers = plan_present(params, netns, checks, script_changed)
     if not checks and have_file is not None:
         leftovers.append(health_path)
+    leftovers += files_of_vanished_nodes(params, netns)
     commands = [kill_line(netns, port, pid, node_file(params, netns, "pid", port)) for port, pid in ends]
     commands += [" ".join(start_argv(params, python, netns, port, action)) for port, action in starts]
     commands += ["rm %s" % path for path in leftovers]
@@ -335,6 +361,10 @@ def run_present(module, params):
                                  rc=rc, stdout=stdout, stderr=stderr, commands=commands)
         for path in leftovers:
             remove(path)
+        if not checks and not known_files(params):
+            # No node has a server or a file left: the script goes too, so a lab without health
+            # checks has nothing here (and the role can skip this module altogether).
+            remove_empty_health_dir(params)
 
     started = ["%s:%d" % (netns, port) for port, _action in starts]
     stopped = ["%s:%d" % (netns, port) for port, _pid in ends if port not in checks]

@@ -164,6 +164,35 @@ def test_a_port_gone_ends_its_server_by_pid_and_forgets_its_files(monkeypatch, n
     assert sorted(path.name for path in health.iterdir()) == ["lab-node2.30081.pid", "lab_pod_server.py"]
 
 
+def test_the_last_node_to_lose_its_health_checks_takes_the_script_and_directory_along(monkeypatch, node):
+    health = installed(node)
+    (health / "lab-node.30081.pid").write_text("1\n")
+    Servers(monkeypatch, running=["lab-node.30081"])
+    outcome = run(dict(netns="lab-node", services=[CLUSTER_IP], run_dir=str(node)))
+    assert outcome.result["changed"] and outcome.result["stopped"] == ["lab-node:30081"]
+    assert not health.exists()
+
+
+def test_the_files_of_a_node_scaled_away_go_once_its_servers_ended(monkeypatch, node):
+    health = installed(node)
+    (node.parent / "netns" / "lab-node2").unlink()
+    for name in ("lab-node2.30081.log", "lab-node2.json"):
+        (health / name).write_text("1\n")
+    Servers(monkeypatch)
+    outcome = run(dict(netns="lab-node", services=[CLUSTER_IP], run_dir=str(node)))
+    assert outcome.result["changed"] and not health.exists()
+    assert "rm %s" % (health / "lab-node2.30081.log") in outcome.result["commands"]
+
+
+def test_the_files_of_a_node_scaled_away_stay_while_its_server_runs(monkeypatch, node):
+    health = installed(node, netns="lab-node2")
+    (node.parent / "netns" / "lab-node2").unlink()
+    (health / "lab-node2.30081.pid").write_text("1\n")
+    Servers(monkeypatch, running=["lab-node2.30081"])
+    run(dict(netns="lab-node", services=[CLUSTER_IP], run_dir=str(node)))
+    assert sorted(path.name for path in health.iterdir()) == ["lab-node2.30081.pid", "lab-node2.json", "lab_pod_server.py"]
+
+
 def test_a_cluster_ip_lab_without_health_files_changes_nothing(monkeypatch, node):
     servers = Servers(monkeypatch)
     outcome = run(dict(netns="lab-node", services=[CLUSTER_IP], run_dir=str(node)))
@@ -265,4 +294,4 @@ def test_a_pidfile_its_ended_server_deleted_itself_is_no_error(monkeypatch, node
                         lambda module, ended: [(health / "lab-node.30081.pid").unlink() for _server in ended])
     outcome = run(dict(netns="lab-node", services=[CLUSTER_IP], run_dir=str(node)))
     assert not outcome.failed and outcome.result["stopped"] == ["lab-node:30081"] and servers.calls == []
-    assert sorted(path.name for path in health.iterdir()) == ["lab_pod_server.py"]
+    assert not health.exists()

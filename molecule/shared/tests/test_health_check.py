@@ -6,9 +6,10 @@ app1's ready endpoints when it has one, 503 with 0 when it has none, with kube-p
 and body. The lab's load balancer asks every node from the client, as a cloud load balancer's
 checker does from outside the cluster, and routes the LB IP only via the nodes answering 200.
 
-Runs natively in scenarios default and nftables (not yet in ipvs: that mode does not program
-LoadBalancer Services). The module's fixture puts the scenario's one-node ClusterIP lab back
-afterwards, in a finally.
+Runs in every mode: natively in scenarios default and nftables, in the user-mode-linux node in
+scenario ipvs-classroom. Each test goes on from the lab the one before left (one pod, two pods,
+back to ClusterIP): a build costs a minute in the user-mode-linux node. The module's fixture
+puts the scenario's one-node ClusterIP lab back afterwards, in a finally.
 """
 
 import re
@@ -94,7 +95,7 @@ def test_only_the_node_with_the_pod_is_healthy_and_the_lb_routes_via_it(host, la
 
 
 def test_a_pod_on_each_node_makes_both_healthy_and_the_route_multipath(host, lab, cluster):
-    build(lab, pods=1)
+    """On the last test's lab (one pod, on the first node), a second pod, on the second node."""
     before = health_pids(host, lab)
     build(lab, pods=2)
     first, second = cluster["nodes"][:2]
@@ -112,12 +113,13 @@ def test_a_pod_on_each_node_makes_both_healthy_and_the_route_multipath(host, lab
 
 
 def test_back_to_cluster_ip_no_health_server_and_no_route_are_left(host, lab, cluster):
-    build(lab, pods=2)
+    """On the last test's lab (two pods, one per node)."""
     servers = health_pids(host, lab)
     assert sorted(servers.values()) == running_health_servers(host) and len(servers) == 2
     assert all(is_health_server(host, pid) for pid in servers.values())
     build(lab, pods=2, service_type="ClusterIP", traffic_policy="Cluster")
     assert health_pids(host, lab) == {}
+    assert not host.file("%s/health" % lab["run_dir"]).exists, "kube_proxy_health left its directory behind"
     assert running_health_servers(host) == []
     for pid in servers.values():
         assert not is_health_server(host, pid), "health check server pid %d still runs" % pid

@@ -1,6 +1,6 @@
 # kube-proxy-lab. Run as root on Debian/Ubuntu:
-#   make lab [MODE=iptables|ipvs|nftables] [NODES=1..4] [PODS=N] [TYPE=NodePort|LoadBalancer] [POLICY=Local] [SOURCE_RANGES=CIDR,…]   build the lab (installs what is missing first)
-#   make observe [SOURCE=node|client|pod2] [COUNT=300] [MODE=…] [TARGET=cluster-ip|node-port|load-balancer|external-ip] [NODE=lab-node2]   watch the Service balance (in the running lab's layout)
+#   make lab [MODE=iptables|ipvs|nftables] [NODES=1..4] [PODS=N] [TYPE=NodePort|LoadBalancer] [POLICY=Local] [SOURCE_RANGES=CIDR,…] [UDP=1]   build the lab (installs what is missing first)
+#   make observe [SOURCE=node|client|pod2] [COUNT=300] [MODE=…] [TARGET=cluster-ip|node-port|load-balancer|external-ip] [NODE=lab-node2] [SERVICE=dns]   watch the Service balance (in the running lab's layout)
 #   make lab-shell [MODE=ipvs] [NODES=N]     a shell in a user-mode-linux node with the lab up
 #   make teardown                            remove everything the lab made
 #   make exercise E=NAME A=break|check|fix   a break-and-fix exercise in the running lab (README: Exercises)
@@ -82,12 +82,14 @@ lab: bootstrap
 	  exit 1; \
 	fi
 	ansible-playbook lab.yml -e mode=$(MODE) $(if $(NODES),-e nodes=$(NODES)) $(if $(PODS),-e pods=$(PODS)) \
-	  $(if $(TYPE),-e service_type=$(TYPE)) $(if $(POLICY),-e traffic_policy=$(POLICY)) $(if $(SOURCE_RANGES),-e source_ranges=$(SOURCE_RANGES))
+	  $(if $(TYPE),-e service_type=$(TYPE)) $(if $(POLICY),-e traffic_policy=$(POLICY)) $(if $(SOURCE_RANGES),-e source_ranges=$(SOURCE_RANGES)) \
+	  $(if $(filter-out 0,$(UDP)),-e udp_service=true)
 
 # MODE only when given: without it, observe watches the lab in the mode it runs.
 observe: bootstrap
 	ansible-playbook playbooks/observe.yml $(if $(SOURCE),-e source=$(SOURCE)) $(if $(COUNT),-e count=$(COUNT)) \
-	  $(if $(filter command line environment,$(origin MODE)),-e mode=$(MODE)) $(if $(TARGET),-e target=$(TARGET)) $(if $(NODE),-e node=$(NODE))
+	  $(if $(filter command line environment,$(origin MODE)),-e mode=$(MODE)) $(if $(TARGET),-e target=$(TARGET)) $(if $(NODE),-e node=$(NODE)) \
+	  $(if $(SERVICE),-e service=$(SERVICE))
 
 # The node's kernel has IPVS but no nf_tables for ip tables: MODE=nftables cannot run there.
 lab-shell: bootstrap

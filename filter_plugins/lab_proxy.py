@@ -7,6 +7,10 @@ the pods and kube-proxy.
 The role probes every endpoint's server (``ip:targetPort``) from the node, as the kubelet
 probes a pod, and hands the kube_proxy module only the endpoints that answered: an
 EndpointSlice marks the others ``ready: false``, and kube-proxy leaves them out.
+
+The probe is HTTP, so it asks the TCP service ports only. Readiness belongs to the pod, not to
+a port (the kubelet runs one readiness probe per container): an endpoint of a UDP service port
+is ready when its pod answered on any TCP one.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -29,13 +33,18 @@ def _targets(service):
     return ["%s:%s" % (_ip(endpoint), _target_port(service)) for endpoint in service.get("endpoints") or []]
 
 
+def _probed(service):
+    """Whether the HTTP probe can ask this service port's endpoints: a TCP port."""
+    return (service.get("protocol") or "TCP") == "TCP"
+
+
 def lab_proxy_probe_targets(services, assumed_ready=()):
     """Every endpoint's ``ip:targetPort`` once, in the order the Services name them, but those
     whose ip is in ``assumed_ready`` (nothing to ask them)."""
     if not isinstance(services, list):
         raise AnsibleFilterError("lab_proxy_probe_targets: lab_proxy_services must be a list, got %r" % (services,))
     skipped = set(assumed_ready or ())
-    targets = [target for service in services
+    targets = [target for service in services if _probed(service)
                for endpoint, target in zip(service.get("endpoints") or [], _targets(service))
                if _ip(endpoint) not in skipped]
     return list(dict.fromkeys(targets))
@@ -68,27 +77,37 @@ def lab_proxy_answered(probe_output):
 
 def lab_proxy_ready_services(services, ready_targets, assumed_ready=()):
     """The Services with their endpoints marked as an EndpointSlice marks them: those whose
-    ``ip:targetPort`` answered, or whose ip is in ``assumed_ready`` (the pods the kubelet's
-    probe found ready), as they are; the others ``ready: false, serving: false``, which
-    kube-proxy leaves out.
+    ``ip:targetPort`` answered (for a UDP or SCTP port, whose ip answered on any port), or
+    whose ip is in ``assumed_ready`` (the pods the kubelet's probe found ready), as they are;
+    the others ``ready: false, serving: false``, which kube-proxy leaves out.
 
     A Service left with none ready keeps its entry, so kube-proxy programs its "has no
     endpoints" rejection instead of forgetting the Service.
     """
     ready, assumed = set(ready_targets or ()), set(assumed_ready or ())
+    answered_ips = {target.rpartition(":")[0] for target in ready}
 
-    def marked(endpoint, target):
-        if target in ready or _ip(endpoint) in assumed:
+    def marked(service, endpoint, target):
+        if (target in ready if _probed(service) else _ip(endpoint) in answered_ips) or _ip(endpoint) in assumed:
             return endpoint
         fields = dict(endpoint) if isinstance(endpoint, dict) else dict(ip=endpoint)
         return dict(fields, ready=False, serving=False)
 
-    return [dict(service, endpoints=[marked(endpoint, target)
+    return [dict(service, endpoints=[marked(service, endpoint, target)
                                      for endpoint, target in zip(service.get("endpoints") or [], _targets(service))])
             for service in services]
+
+
+def lab_proxy_health_checked(services):
+    """Whether any Service has a health check node port (kube_proxy_health has servers to keep)."""
+    def port(service):
+        value = service.get("health_check_node_port")
+        return int(value) if str(value).isdigit() else 0
+    return any(port(service) > 0 for service in services or ())
 
 
 class FilterModule(object):
     def filters(self):
         return dict(lab_proxy_probe_targets=lab_proxy_probe_targets, lab_proxy_probe_argv=lab_proxy_probe_argv,
-                    lab_proxy_answered=lab_proxy_answered, lab_proxy_ready_services=lab_proxy_ready_services)
+                    lab_proxy_answered=lab_proxy_answered, lab_proxy_ready_services=lab_proxy_ready_services,
+                    lab_proxy_health_checked=lab_proxy_health_checked)

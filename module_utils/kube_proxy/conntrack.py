@@ -42,6 +42,7 @@ class Entry:
     direction (the endpoint it was DNATed to, back to the client)."""
 
     protocol: str
+    timeout: int  # seconds left
     orig_src: str
     orig_dst: str
     orig_sport: int
@@ -89,7 +90,7 @@ def parse_entries(text: str) -> List[Entry]:
             continue
         original, reply = tuples
         entries.append(Entry(
-            protocol=words[0],
+            protocol=words[0], timeout=int(words[2]) if words[2].isdigit() else 0,
             orig_src=original["src"], orig_dst=original["dst"],
             orig_sport=int(original["sport"]), orig_dport=int(original["dport"]),
             reply_src=reply["src"], reply_dst=reply["dst"],

@@ -1,20 +1,24 @@
 #!/usr/bin/env python3
 """kube-proxy-lab's observer (playbooks/observe.yml), Python standard library only.
 
-    lab_observe.py requests --url URL [--count N] [--timeout S]    # inside the source namespace
+    lab_observe.py requests --protocol tcp|udp --address A --port P [--count N] [--timeout S]
+                                                                   # inside the source namespace
     lab_observe.py trace --kind xtables|nft -- REQUEST_ARGV...     # inside the node namespace
     lab_observe.py locate < target.json                            # on the lab's host: who handles a target
+    lab_observe.py holds < service.json                            # on the lab's host: is the ClusterIP there
     lab_observe.py report < observation.json                       # anywhere: the text for a student
 
-``requests`` sends N requests, one TCP connection each (as N curls would, in one process),
-and prints, as JSON, how many each pod answered and the client addresses it saw.
+``requests`` sends N requests, over TCP one HTTP GET per connection (as N curls would, in
+one process), over UDP one datagram per fresh socket (as N separate DNS queries are), and
+prints, as JSON, how many each pod answered and the client addresses it saw.
 ``trace`` runs the kernel's trace monitor (``xtables-monitor --trace`` or
 ``nft monitor trace``), runs REQUEST_ARGV (one request from the source) while it listens,
 and prints the monitor's lines as JSON. ``locate`` says, for a node port, load balancer or
 external IP, whether the node's kube-proxy rules hold it for the Service (read live) and
-which node's rules handle a connection from the source (the source's first hop). ``report`` turns what observe.yml collected into
-tables: the distribution, the kernel's counters, the conntrack entries, the path of one
-connection through the rules.
+which node's rules handle a connection from the source (the source's first hop); ``holds``
+says whether the node's live rules hold the Service's ClusterIP. ``report`` turns what
+observe.yml collected into tables: the distribution, the kernel's counters, the conntrack
+entries, the path of one request through the rules.
 """
 
 import argparse
@@ -22,10 +26,10 @@ import collections
 import http.client
 import json
 import re
+import socket
 import subprocess
 import sys
 import time
-from urllib.parse import urlsplit
 
 ANSWER = re.compile(r"^pod=(?P<pod>\S+) client=(?P<ip>[0-9.]+):\d+$")
 COUNTED_RULE = re.compile(r"^\[(?P<packets>\d+):\d+\] -A (?P<chain>\S+) (?P<rule>.*)$")
@@ -45,6 +49,12 @@ MONITOR_SETTLE = 0.5
 
 # ---------------------------------------------------------------- requests
 
+def request_url(protocol, address, port):
+    """How the report names where the requests went: the URL the pods answer GET on for TCP,
+    udp://ADDRESS:PORT for UDP."""
+    return ("http://%s:%s/" if protocol == "tcp" else "udp://%s:%s") % (address, port)
+
+
 def one_request(host, port, timeout):
     connection = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
@@ -54,13 +64,56 @@ def one_request(host, port, timeout):
         connection.close()
 
 
-def requests(url, count, timeout):
-    parts = urlsplit(url)
+class Datagrams:
+    """UDP requests as separate DNS queries are: each one datagram from a fresh socket, so from
+    a source port of its own, through a conntrack entry of its own that the rules balance anew,
+    and answered by one datagram."""
+
+    def __init__(self, open_socket=socket.socket):
+        self.open_socket = open_socket
+        self.used_ports = set()
+
+    def fresh_socket(self):
+        """A UDP socket bound to a source port this run has not sent from yet. The kernel hands
+        a closed socket's port out again at random, and a datagram from it would match the
+        earlier one's conntrack entry (kept 30 s) and reach the same pod without being balanced;
+        a port it repeats stays bound while it picks another."""
+        repeated = []
+        try:
+            while True:
+                udp = self.open_socket(socket.AF_INET, socket.SOCK_DGRAM)
+                udp.bind(("0.0.0.0", 0))
+                port = udp.getsockname()[1]
+                if port not in self.used_ports:
+                    self.used_ports.add(port)
+                    return udp
+                repeated.append(udp)
+        finally:
+            for udp in repeated:
+                udp.close()
+
+    def __call__(self, host, port, timeout):
+        with self.fresh_socket() as udp:
+            udp.settimeout(timeout)
+            # Connected, the socket takes only the Service's answer, and the ICMP port unreachable
+            # that rejects a Service without endpoints comes back as ConnectionRefusedError.
+            udp.connect((host, port))
+            udp.send(b"lab observe\n")
+            return udp.recv(2048).decode(errors="replace").strip()
+
+
+def sender(protocol):
+    """What sends one request and returns the answer line, for the Service's protocol."""
+    return one_request if protocol == "tcp" else Datagrams()
+
+
+def requests(protocol, address, port, count, timeout):
+    ask = sender(protocol)
     pods = collections.OrderedDict()
     failed = collections.Counter()
     for _ in range(count):
         try:
-            match = ANSWER.match(one_request(parts.hostname, parts.port or 80, timeout))
+            match = ANSWER.match(ask(address, port, timeout))
         except (OSError, http.client.HTTPException) as error:
             failed[type(error).__name__] += 1
             continue
@@ -70,7 +123,7 @@ def requests(url, count, timeout):
         pod = pods.setdefault(match["pod"], {"count": 0, "clients": collections.Counter()})
         pod["count"] += 1
         pod["clients"][match["ip"]] += 1
-    return {"url": url, "count": count, "pods": pods, "failed": dict(failed)}
+    return {"url": request_url(protocol, address, port), "count": count, "pods": pods, "failed": dict(failed)}
 
 
 # ---------------------------------------------------------------- trace
@@ -116,13 +169,20 @@ def counter_deltas(before_text, after_text):
     return result
 
 
-def iptables_service_chains(rules, vip, port):
+def catches(rule, proto, port, address=None):
+    """Whether a KUBE-SERVICES or KUBE-NODEPORTS rule matches PROTO packets to PORT (and ADDRESS):
+    a UDP and a TCP Service may share an address and a port number."""
+    return ((address is None or re.search(r"-d %s(/32)? " % re.escape(address), rule) is not None)
+            and "-p %s " % proto in rule and "--dport %s " % port in rule + " ")
+
+
+def iptables_service_chains(rules, vip, proto, port):
     """The service's KUBE-SVC chain and its KUBE-SEP chains, in rule order, with each SEP's DNAT target."""
     svc = None
     for chain, rule, *_ in rules:
         target = TARGET.search(rule)
         if (chain == "KUBE-SERVICES" and target and target["target"].startswith("KUBE-SVC-")
-                and re.search(r"-d %s(/32)? " % re.escape(vip), rule) and "--dport %s " % port in rule + " "):
+                and catches(rule, proto, port, vip)):
             svc = target["target"]
             break
     seps = []
@@ -149,13 +209,13 @@ def nft_endpoints(table_text, vip, proto, port):
     return re.findall(r"__([0-9.]+)/\d+", line), line
 
 
-def ipvs_block(stats_text, vip, port):
-    """(virtual server line, {real ip: conns}) of VIP:port in ``ipvsadm -Ln --stats``."""
+def ipvs_block(stats_text, vip, proto, port):
+    """(virtual server line, {real ip: conns}) of PROTO VIP:port in ``ipvsadm -Ln --stats``."""
     lines, reals, inside = [], collections.OrderedDict(), False
     for line in stats_text.splitlines():
         service = IPVS_SERVICE.match(line)
         if service:
-            inside = service["addr"] == "%s:%s" % (vip, port)
+            inside = (service["proto"], service["addr"]) == (proto.upper(), "%s:%s" % (vip, port))
             if inside:
                 lines.append(line)
             continue
@@ -166,15 +226,17 @@ def ipvs_block(stats_text, vip, port):
     return lines, reals
 
 
-def conntrack_entries(text, vip, port):
-    """Entries of ``conntrack -L -d VIP`` for the port, as (original source, pod address, line)."""
+def conntrack_entries(text, vip, proto, port):
+    """Entries of ``conntrack -L -p PROTO -d VIP`` for the port, as (original source, pod address,
+    line); the line starts with the protocol's name, and [UNREPLIED] ones too have a reply tuple."""
     entries = []
     for line in text.splitlines():
         fields = CONNTRACK_FIELD.findall(line)
         values = collections.defaultdict(list)
         for key, value in fields:
             values[key].append(value)
-        if len(values["src"]) < 2 or values["dst"][0] != vip or values["dport"][:1] != [str(port)]:
+        if (line.split()[:1] != [proto] or len(values["src"]) < 2 or values["dst"][0] != vip
+                or values["dport"][:1] != [str(port)]):
             continue
         entries.append(("%s:%s" % (values["src"][0], values["sport"][0]), values["src"][1], line.strip()))
     return entries
@@ -242,7 +304,7 @@ def trace_steps(kind, lines):
     return steps
 
 
-# ---------------------------------------------------------------- locate (targets other than the ClusterIP)
+# ---------------------------------------------------------------- locate, holds: what the node's live rules hold
 
 # What each target is called in a sentence, and what builds a Service that has it.
 TARGETS = {
@@ -259,15 +321,14 @@ def nft_elements(table_text, key):
     return re.findall(r"(?:^|[{,])\s*%s : goto (\S+?)(?=[,\s}])" % re.escape(key), table_text, re.M)
 
 
-def programmed(mode, text, service, target, address, port, proto="tcp"):
+def programmed(mode, text, service, target, address, port, proto):
     """Whether the mode's rules (``READ_RULES``) hold TARGET (address:port) for SERVICE."""
     if mode == "iptables":
-        comment = re.escape('--comment "%s' % service)
-        if target == "node-port":
-            pattern = r"^-A KUBE-NODEPORTS .*%s\" .*--dport %s -j " % (comment, port)
-        else:
-            pattern = r"^-A KUBE-SERVICES -d %s/32 .*%s .*--dport %s -j " % (re.escape(address), comment, port)
-        return re.search(pattern, text, re.M) is not None
+        chain, address = ("KUBE-NODEPORTS", None) if target == "node-port" else ("KUBE-SERVICES", address)
+        # kube-proxy's comment names the service port: ns/name, or ns/name:portname for a named one
+        names_service = re.compile(r'--comment "%s(:\S+)?[ "]' % re.escape(service))
+        return any(line.startswith("-A %s " % chain) and names_service.search(line) and catches(line, proto, port, address)
+                   for line in text.splitlines())
     if mode == "nftables":
         key = "%s . %s" % (proto, port) if target == "node-port" else "%s . %s . %s" % (address, proto, port)
         return any("-%s/%s/" % (service, proto) in chain for chain in nft_elements(text, key))
@@ -324,7 +385,7 @@ def locate(data, run=subprocess.run):
                    % (source, data["address"], " and ".join(hop or "a router" for hop in hops)))
         else:
             hop = "%s routes %s %s" % (source, data["address"], "via no node of this lab" if hops else "nowhere")
-    result = {"address": data["address"], "address_port": data["port"], "url": "%s:%s" % (data["address"], data["port"]),
+    result = {"address": data["address"], "address_port": data["port"],
               "handler": handler or "", "hop": hop, "read": " ".join(READ_RULES[data["mode"]]),
               "from_outside": source == data["client_netns"] or (source in netns and source != handler),
               "hook": "OUTPUT" if source == handler else "PREROUTING"}
@@ -343,6 +404,21 @@ def locate(data, run=subprocess.run):
             % (target, data["service"], what, data["address"], data["port"], rules_netns, result["read"],
                "LoadBalancer" if target == "load-balancer" else "NodePort or LoadBalancer", build))
     return result
+
+
+def holds(data, run=subprocess.run):
+    """Whether the node's live kube-proxy rules hold the Service's ClusterIP, and if not, the
+    refusal: observe.yml knows the dns Service whether or not the running lab was built with it."""
+    rules = run(["ip", "netns", "exec", data["netns"]] + READ_RULES[data["mode"]], capture_output=True, text=True,
+                check=False)
+    held = rules.returncode == 0 and programmed(data["mode"], rules.stdout, data["service"], "cluster-ip",
+                                                data["address"], data["port"], data["protocol"])
+    refusal = "" if held else (
+        "service=%s: %s's kube-proxy rules (read live with %s) have no ClusterIP %s:%s/%s for it: the running lab "
+        "was built without this Service. Build it first: %s."
+        % (data["service"], data["netns"], " ".join(READ_RULES[data["mode"]]), data["address"], data["port"],
+           data["protocol"].upper(), data["build"]))
+    return {"programmed": held, "refusal": refusal}
 
 
 # ---------------------------------------------------------------- report
@@ -364,12 +440,13 @@ def distribution(data, endpoints):
     def row(name, ip, node, *rest):
         return "  %-8s %-10s " % (name, ip) + ("%-10s " % node if with_node else "") + "%6s %8s %9s   %s" % rest
 
-    lines = [
-        "%d requests from %s to %s (%s, mode %s):" % (result["count"], data["source"], result["url"],
-                                                        data["service"], data["mode"]),
-        "",
-        row("pod", "ip", "node", "count", "share", "expected", "source address(es) the pod saw"),
-    ]
+    lines = ["%d requests from %s to %s (%s, mode %s):" % (result["count"], data["source"], result["url"],
+                                                           data["service"], data["mode"])]
+    if data["protocol"] == "udp":
+        # The rules balance conntrack entries, not datagrams: each request is an entry of its own.
+        lines.append("(each request: one datagram from a fresh socket, so from a source port of its own, as separate")
+        lines.append(" DNS queries are; its answer: one datagram back)")
+    lines += ["", row("pod", "ip", "node", "count", "share", "expected", "source address(es) the pod saw")]
     for name in names:
         pod = answered.get(name, {"count": 0, "clients": {}})
         ip = by_name.get(name, "?")
@@ -418,10 +495,9 @@ def external_kernel_view(data):
     if mode == "iptables":
         deltas = counter_deltas(data["before"]["iptables"], data["after"]["iptables"])
         if data["target"] == "node-port":
-            entry = [d for d in deltas if d[0] == "KUBE-NODEPORTS" and "--dport %s " % port in d[1] + " "]
+            entry = [d for d in deltas if d[0] == "KUBE-NODEPORTS" and catches(d[1], data["protocol"], port)]
         else:
-            entry = [d for d in deltas if d[0] == "KUBE-SERVICES" and re.search(r"-d %s(/32)? " % re.escape(address), d[1])
-                     and "--dport %s " % port in d[1] + " "]
+            entry = [d for d in deltas if d[0] == "KUBE-SERVICES" and catches(d[1], data["protocol"], port, address)]
         chains = [TARGET.search(rule)["target"] for _chain, rule, *_ in entry if TARGET.search(rule)]
         rules_of = collections.OrderedDict()
         for chain, rule, *_ in deltas:
@@ -448,8 +524,8 @@ def external_kernel_view(data):
         if any(chain.startswith("KUBE-FW-") for chain in chains):
             lines.append("A source outside the ranges falls through KUBE-FW-* un-DNATed; filter's KUBE-PROXY-FIREWALL drops it.")
     elif mode == "ipvs":
-        block, reals_after = ipvs_block(data["after"]["ipvs"], address, port)
-        _block, reals_before = ipvs_block(data["before"]["ipvs"], address, port)
+        block, reals_after = ipvs_block(data["after"]["ipvs"], address, data["protocol"], port)
+        _block, reals_before = ipvs_block(data["before"]["ipvs"], address, data["protocol"], port)
         endpoints = list(reals_after)
         lines.append("ipvsadm -Ln --stats in %s, the %s's virtual server (Conns: connections scheduled to each"
                      % (node, what))
@@ -485,31 +561,39 @@ def external_kernel_view(data):
     return lines, endpoints
 
 
+# What a nat rule's packet counter counts: nat sees only the first packet of each conntrack entry.
+NAT_COUNTS = {
+    "tcp": ["The nat table sees only a connection's first packet, so a count is a number of connections."],
+    "udp": ["The nat table sees only the first datagram of a conntrack entry (one per source address and port),",
+            "and each request came from a source port of its own, so a count is a number of requests."],
+}
+
+
 def kernel_view(data):
     """The mode's own counters for the service, and the endpoints they name."""
     if data.get("target", "cluster-ip") != "cluster-ip":
         return external_kernel_view(data)
-    mode, vip, port = data["mode"], data["cluster_ip"], data["port"]
+    mode, vip, proto, port = data["mode"], data["cluster_ip"], data["protocol"], data["port"]
     lines = []
     if mode == "iptables":
         deltas = counter_deltas(data["before"]["iptables"], data["after"]["iptables"])
-        svc, seps, dnat = iptables_service_chains(deltas, vip, port)
+        svc, seps, dnat = iptables_service_chains(deltas, vip, proto, port)
         endpoints = [dnat[sep] for sep in seps if sep in dnat]
         lines.append("iptables-save -c -t nat, chains %s and its KUBE-SEP-* (packets: total, +added by these requests)." % svc)
-        lines.append("The nat table sees only a connection's first packet, so a count is a number of connections.")
+        lines.extend(NAT_COUNTS[proto])
         for wanted in [svc] + seps:
             lines.extend("  %7d %+6d  -A %s %s" % (packets, added, chain, rule)
                          for chain, rule, packets, added in deltas if chain == wanted)
     elif mode == "ipvs":
-        block, reals_after = ipvs_block(data["after"]["ipvs"], vip, port)
-        _block, reals_before = ipvs_block(data["before"]["ipvs"], vip, port)
+        block, reals_after = ipvs_block(data["after"]["ipvs"], vip, proto, port)
+        _block, reals_before = ipvs_block(data["before"]["ipvs"], vip, proto, port)
         endpoints = list(reals_after)
         lines.append("ipvsadm -Ln --stats (Conns: connections scheduled to each real server; +added by these requests):")
         lines.extend("  " + line for line in block)
         for ip, conns in reals_after.items():
             lines.append("  %-15s +%d connections" % (ip, conns - reals_before.get(ip, 0)))
     else:
-        endpoints, vmap = nft_endpoints(data["after"]["nftables"], vip, data["protocol"], port)
+        endpoints, vmap = nft_endpoints(data["after"]["nftables"], vip, proto, port)
         lines.append("nft list table ip kube-proxy: kube-proxy's rules carry no `counter`, so nftables keeps no")
         lines.append("per-rule counts (adding counters would change the table kube-proxy writes). The choice is")
         lines.append("made by this line, one random number per new connection; conntrack below counts the result:")
@@ -518,25 +602,33 @@ def kernel_view(data):
 
 
 def conntrack_view(data):
-    vip, port = destination(data)
-    before = {entry[0] for entry in conntrack_entries(data["before"]["conntrack"], vip, port)}
-    entries = [entry for entry in conntrack_entries(data["after"]["conntrack"], vip, port)
+    (vip, port), proto = destination(data), data["protocol"]
+    before = {entry[0] for entry in conntrack_entries(data["before"]["conntrack"], vip, proto, port)}
+    entries = [entry for entry in conntrack_entries(data["after"]["conntrack"], vip, proto, port)
                if entry[0] not in before]
     names = {pod["ip"]: pod["name"] for pod in data["pods"]}
     per_pod = collections.Counter("%s (%s)" % (ip, names.get(ip, "?")) for _source, ip, _line in entries)
-    lines = ["conntrack -L -d %s: %d new entries for these requests; the reply comes from the pod the"
-             % (vip, len(entries)),
+    lines = ["conntrack -L -p %s -d %s: %d new entries for these requests; the reply comes from the pod the"
+             % (proto, vip, len(entries)),
              "connection was DNATed to (the second src=):"]
     lines.extend("  %-20s %d" % item for item in sorted(per_pod.items()))
+    unreplied = [line for _source, _pod, line in entries if "[UNREPLIED]" in line]
+    if unreplied:
+        lines.append("  %d of them [UNREPLIED]: no answer came back through them (yet)" % len(unreplied))
     lines.extend("  e.g. " + line for _source, _pod, line in entries[:2])
     return lines
 
 
+# What one request is to the rules: a TCP connection, or over UDP its one datagram.
+ONE_REQUEST = {"tcp": "connection", "udp": "request (one datagram)"}
+
+
 def path_view(data):
     path = data["path"]
-    vip, port = destination(data)
-    lines = ["One connection from %s, followed through the rules%s:"
-             % (data["source"], " of %s" % data["handler"] if data.get("target", "cluster-ip") != "cluster-ip" else "")]
+    (vip, port), proto = destination(data), data["protocol"]
+    lines = ["One %s from %s, followed through the rules%s:"
+             % (ONE_REQUEST[proto], data["source"],
+                " of %s" % data["handler"] if data.get("target", "cluster-ip") != "cluster-ip" else "")]
     if path["method"] in ("xtables", "nft"):
         lines.append("(%s, inside the node; the trace rules are removed again)" % path["trace"]["monitor"])
         steps = trace_steps(path["method"], path["trace"]["lines"])
@@ -551,8 +643,8 @@ def path_view(data):
     for where, what in steps:
         lines.append("  %-40s %s" % (where, what))
     if path.get("ipvs_before") is not None:
-        _b, before = ipvs_block(path["ipvs_before"], vip, port)
-        _a, after = ipvs_block(path["ipvs_after"], vip, port)
+        _b, before = ipvs_block(path["ipvs_before"], vip, proto, port)
+        _a, after = ipvs_block(path["ipvs_after"], vip, proto, port)
         chosen = [ip for ip, conns in after.items() if conns > before.get(ip, 0)]
         lines.append("  %-40s virtual server %s:%s -> real server %s (masquerade, port %s)"
                      % ("IPVS (LOCAL_IN/LOCAL_OUT hook)", vip, port,
@@ -628,21 +720,26 @@ def main(argv=None):
     cli = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     commands = cli.add_subparsers(dest="command", required=True)
     send = commands.add_parser("requests")
-    send.add_argument("--url", required=True)
+    send.add_argument("--protocol", choices=["tcp", "udp"], required=True)
+    send.add_argument("--address", required=True)
+    send.add_argument("--port", type=int, required=True)
     send.add_argument("--count", type=int, default=300)
     send.add_argument("--timeout", type=float, default=2.0)
     follow = commands.add_parser("trace")
     follow.add_argument("--kind", choices=["xtables", "nft"], required=True)
     follow.add_argument("request", nargs="+")
     commands.add_parser("locate")
+    commands.add_parser("holds")
     commands.add_parser("report")
     args = cli.parse_args(argv)
     if args.command == "requests":
-        print(json.dumps(requests(args.url, args.count, args.timeout)))
+        print(json.dumps(requests(args.protocol, args.address, args.port, args.count, args.timeout)))
     elif args.command == "trace":
         print(json.dumps(trace(args.kind, args.request)))
     elif args.command == "locate":
         print(json.dumps(locate(json.load(sys.stdin))))
+    elif args.command == "holds":
+        print(json.dumps(holds(json.load(sys.stdin))))
     else:
         sys.stdout.write(report(json.load(sys.stdin)))
     return 0

@@ -15,6 +15,8 @@ probe_targets, ready_services = FILTERS["lab_proxy_probe_targets"], FILTERS["lab
 
 APP1 = dict(name="app1", cluster_ip="10.96.0.10", port=80, target_port=8080, endpoints=["10.0.0.2", "10.0.0.3", "10.0.0.4"])
 APP2 = dict(name="app2", cluster_ip="10.96.0.20", port=8080, endpoints=["10.0.0.2", "10.0.0.3"])
+DNS = dict(name="dns", port_name="dns", protocol="UDP", cluster_ip="10.96.0.53", port=53, target_port=8053,
+           endpoints=["10.0.0.2", "10.0.0.3", "10.0.0.4"])
 
 
 def UNREADY(ip):  # noqa: N802 - reads like the constant it stands for
@@ -27,6 +29,18 @@ def test_each_endpoint_is_probed_once_at_its_target_port():
 
 def test_a_service_without_target_port_is_probed_at_its_port():
     assert probe_targets([dict(APP2, port=9000)]) == ["10.0.0.2:9000", "10.0.0.3:9000"]
+
+
+def test_udp_service_ports_are_not_asked_over_http():
+    assert probe_targets([DNS]) == []
+    assert probe_targets([DNS, APP2]) == ["10.0.0.2:8080", "10.0.0.3:8080"]
+
+
+def test_a_udp_endpoint_is_ready_when_its_pod_answered_on_a_tcp_port():
+    (app1, dns) = ready_services([APP1, DNS], ["10.0.0.2:8080", "10.0.0.4:8080"])
+    assert dns["endpoints"] == ["10.0.0.2", UNREADY("10.0.0.3"), "10.0.0.4"]
+    (dns,) = ready_services([DNS], [], assumed_ready=["10.0.0.3"])
+    assert dns["endpoints"] == [UNREADY("10.0.0.2"), "10.0.0.3", UNREADY("10.0.0.4")]
 
 
 @pytest.mark.parametrize("services", [[], [dict(APP1, endpoints=[])], [dict(APP1, endpoints=None)]])

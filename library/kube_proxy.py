@@ -483,8 +483,7 @@ def clean_conntrack(module, node, config):
     to an address that no longer serves their service port (in check mode only find them).
     Returns the step, for the result and --diff: the stale entries, and the deletes."""
     entries = conntrack.parse_entries(node.run(*conntrack.LIST_ARGV))
-    filters = conntrack.stale_filters(config.services, entries)
-    stale = conntrack.matched(filters, entries)
+    stale, filters = conntrack.find_stale(config.services, entries)
     for item in filters if not module.check_mode else ():
         rc, stdout, stderr = node.probe(*item.argv)
         # conntrack exits 1 when nothing matched: a flow that ended since the listing.

@@ -69,11 +69,6 @@ class Filter:
         return (("conntrack", "-D", "-p", "udp") + destination
                 + ("--orig-port-dst", str(self.orig_port_dst), "--reply-src", self.reply_src))
 
-    def matches(self, entry: Entry) -> bool:
-        return (entry.protocol == "udp" and entry.reply_src == self.reply_src
-                and entry.orig_dport == self.orig_port_dst
-                and (self.orig_dst is None or entry.orig_dst == self.orig_dst))
-
 
 def parse_entries(text: str) -> List[Entry]:
     """The flows of ``conntrack -L`` (default or extended output); other lines are skipped."""
@@ -117,26 +112,26 @@ def serving_endpoints(services: Sequence[Service]) -> Tuple[Dict[Tuple[str, int]
     return by_portal, by_node_port
 
 
-def stale_filters(services: Sequence[Service], entries: Sequence[Entry]) -> List[Filter]:
-    """The ``conntrack -D`` filters kube-proxy's cleanup builds for ENTRIES, each once, in the
-    order of the first entry that needs it."""
+def find_stale(services: Sequence[Service], entries: Sequence[Entry]) -> Tuple[List[Entry], List[Filter]]:
+    """The ENTRIES kube-proxy's cleanup deletes, in listing order, and the ``conntrack -D``
+    filters that delete them, each once, in the order of the first entry that needs it."""
     by_portal, by_node_port = serving_endpoints(services)
+    stale: List[Entry] = []
     filters: Dict[Filter, None] = {}  # ordered, each once
     for entry in entries:
         if entry.protocol != "udp":
             continue
+        wanted = []
         serving = by_portal.get((entry.orig_dst, entry.orig_dport))
         if serving is not None and entry.reply_src not in serving:
-            filters[Filter(reply_src=entry.reply_src, orig_port_dst=entry.orig_dport, orig_dst=entry.orig_dst)] = None
+            wanted.append(Filter(reply_src=entry.reply_src, orig_port_dst=entry.orig_dport, orig_dst=entry.orig_dst))
         serving = by_node_port.get(entry.orig_dport)
         if serving is not None and entry.reply_src not in serving:
-            filters[Filter(reply_src=entry.reply_src, orig_port_dst=entry.orig_dport)] = None
-    return list(filters)
-
-
-def matched(filters: Sequence[Filter], entries: Sequence[Entry]) -> List[Entry]:
-    """The entries FILTERS delete, each once, in listing order."""
-    return [entry for entry in entries if any(item.matches(entry) for item in filters)]
+            wanted.append(Filter(reply_src=entry.reply_src, orig_port_dst=entry.orig_dport))
+        if wanted:
+            stale.append(entry)
+            filters.update(dict.fromkeys(wanted))
+    return stale, list(filters)
 
 
 def needs_cleanup(services: Sequence[Service]) -> bool:

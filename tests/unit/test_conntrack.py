@@ -64,8 +64,8 @@ def test_the_upstream_cleanup_matrix():
 
     entries = conntrack.parse_entries("\n".join(before) + "\n")
     assert [entry.text for entry in entries] == [line.strip() for line in before]
-    filters = conntrack.stale_filters(upstream_services(), entries)
-    assert [entry.text for entry in conntrack.matched(filters, entries)] == [line.strip() for line in expected_gone]
+    stale, _filters = conntrack.find_stale(upstream_services(), entries)
+    assert [entry.text for entry in stale] == [line.strip() for line in expected_gone]
 
 
 def test_filters_are_exact_and_each_written_once():
@@ -76,7 +76,7 @@ def test_filters_are_exact_and_each_written_once():
         flow("udp", "192.168.100.11", NODE_PORT, NOT_SERVING),
         flow("udp", CLUSTER_IP, SERVICE_PORT, SERVING),
     ]))
-    assert [item.argv for item in conntrack.stale_filters(services, entries)] == [
+    assert [item.argv for item in conntrack.find_stale(services, entries)[1]] == [
         ("conntrack", "-D", "-p", "udp", "--orig-dst", CLUSTER_IP, "--orig-port-dst", "8000", "--reply-src", DELETED),
         ("conntrack", "-D", "-p", "udp", "--orig-port-dst", "32000", "--reply-src", NOT_SERVING),
     ]
@@ -87,20 +87,20 @@ def test_a_service_port_without_endpoints_keeps_its_flows():
     services = config(dict(DNS, endpoints=[])).services
     entries = conntrack.parse_entries("\n".join([
         flow("udp", "10.96.0.53", 53, "10.0.0.3", reply_port=8053), flow("udp", "10.96.0.53", 53, "10.96.0.53")]))
-    assert conntrack.stale_filters(services, entries) == []
+    assert conntrack.find_stale(services, entries)[1] == []
 
 
 def test_a_service_port_whose_endpoints_all_stopped_serving_loses_them_all():
     services = config(dict(DNS, endpoints=[dict(ip="10.0.0.3", ready=False, serving=False)])).services
     entries = conntrack.parse_entries(flow("udp", "10.96.0.53", 53, "10.0.0.3", reply_port=8053))
-    assert [item.reply_src for item in conntrack.stale_filters(services, entries)] == ["10.0.0.3"]
+    assert [item.reply_src for item in conntrack.find_stale(services, entries)[1]] == ["10.0.0.3"]
 
 
 def test_a_terminating_endpoint_still_serving_keeps_its_flows():
     services = config(dict(DNS, endpoints=[dict(ip="10.0.0.3", ready=False, serving=True, terminating=True),
                                            "10.0.0.4"])).services
     entries = conntrack.parse_entries(flow("udp", "10.96.0.53", 53, "10.0.0.3", reply_port=8053))
-    assert conntrack.stale_filters(services, entries) == []
+    assert conntrack.find_stale(services, entries)[1] == []
 
 
 @pytest.mark.parametrize("text", [

@@ -79,13 +79,15 @@ def stream_summary(lab, since):
 
 
 def short_stream(host, lab, netns, to, source_port):
-    """A second of datagrams from SOURCE_PORT: a flow answered both ways, which conntrack keeps
-    for its stream timeout (120 s) rather than a one-shot flow's 30 s."""
+    """Three seconds of datagrams from SOURCE_PORT: a flow answered both ways and still alive
+    after 2 s, which conntrack then keeps for its stream timeout (nf_conntrack_udp_timeout_stream,
+    120 s); younger, it keeps nf_conntrack_udp_timeout (30 s), less than a sync takes in the
+    user-mode-linux node."""
     files = ["--pidfile", os.path.join(lab["run_dir"], "test-udp.pid"), "--logfile", os.path.join(lab["run_dir"], "test-udp.log")]
     host.check_output("ip netns exec %s %s %s stream start --to %s --source-port %s " + " ".join(files),
                       netns, sys.executable, PROBE, to, str(source_port))
     try:
-        time.sleep(1)
+        time.sleep(3)
     finally:
         host.run("%s %s stream stop " + " ".join(files), sys.executable, PROBE)
         host.run("rm -f %s", files[3])
@@ -126,6 +128,7 @@ def test_udp_stale_sticks_to_the_stopped_pod_until_the_cleanup_deletes_exactly_i
     before = conntrack_flows(host, node)
     unrelated = {flow for flow in before if flow[1] in (STREAM_PORT + 1, STREAM_PORT + 2)}
     assert len(unrelated) == 2 and stopped["ip"] not in {flow[4] for flow in unrelated}, before
+    assert min(before[flow] for flow in unrelated) > 60, "not yet streams (expiring within a sync): %s" % before
 
     # A sync with the cleanup, as the fix's first step and lab.yml do.
     synced_at = time.time()

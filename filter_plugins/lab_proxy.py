@@ -98,16 +98,7 @@ def lab_proxy_ready_services(services, ready_targets, assumed_ready=()):
             for service in services]
 
 
-def lab_proxy_health_checked(services):
-    """Whether any Service has a health check node port (kube_proxy_health has servers to keep)."""
-    def port(service):
-        value = service.get("health_check_node_port")
-        return int(value) if str(value).isdigit() else 0
-    return any(port(service) > 0 for service in services or ())
-
-
 class FilterModule(object):
     def filters(self):
         return dict(lab_proxy_probe_targets=lab_proxy_probe_targets, lab_proxy_probe_argv=lab_proxy_probe_argv,
-                    lab_proxy_answered=lab_proxy_answered, lab_proxy_ready_services=lab_proxy_ready_services,
-                    lab_proxy_health_checked=lab_proxy_health_checked)
+                    lab_proxy_answered=lab_proxy_answered, lab_proxy_ready_services=lab_proxy_ready_services)

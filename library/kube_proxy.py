@@ -239,6 +239,19 @@ options:
         service port is declared. V(false) leaves every entry alone (the lab's C(udp_stale) exercise).
     type: bool
     default: true
+  health_check_run_dir:
+    description:
+      - Also be the node's service health check server, as kube-proxy is. After each sync, keep
+        one HTTP listener per C(healthCheckNodePort) of O(services) running in O(netns),
+        answering the node's count of the Service's ready endpoints (200, or 503 with none),
+        and end those of ports no longer declared; with O(state=absent), end them all. The
+        servers, their pidfiles, logs and the node's counts live in this directory's
+        C(health/), exactly as the M(kube_proxy_health) module keeps them (see there). Absolute
+        path; without it no health check server is started or ended.
+    type: path
+  health_check_python:
+    description: The Python that runs the health check servers; by default the one running this module.
+    type: str
 notes:
   - Every command runs as C(ip netns exec NETNS ...); nothing is changed outside the namespace.
   - "What is atomic: only each table's C(COMMIT) in an C(iptables-restore) and each C(nft -f)
@@ -350,12 +363,21 @@ conntrack_deleted:
   elements: str
   sample:
     - udp 17 29 src=192.168.100.2 dst=10.96.0.53 sport=40000 dport=53 src=10.0.0.3 dst=192.168.100.2 sport=8053 dport=40000 mark=0 use=1
+health_check:
+  description:
+    - The node's health check servers (O(health_check_run_dir)), as the M(kube_proxy_health)
+      module returns them, C(health_check_node_ports) (with O(state=present)), C(started),
+      C(stopped) and C(commands); --diff adds the node's health file and servers, before and after.
+  returned: when O(health_check_run_dir) is given
+  type: dict
+  sample: {health_check_node_ports: {"30081": {service: default/app1, local_endpoints: 1}}, started: ["lab-node:30081"],
+           stopped: [], commands: []}
 """
 
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.kube_proxy import conntrack, iptables, ipvs, nftables, sync
+from ansible.module_utils.kube_proxy import conntrack, health_servers, healthcheck, iptables, ipvs, nftables, sync
 from ansible.module_utils.kube_proxy.argspec import SERVICE_OPTIONS
 from ansible.module_utils.kube_proxy.model import (
     IPVS_SCHEDULERS,
@@ -391,6 +413,8 @@ ARGUMENT_SPEC = dict(
     services=dict(type="list", elements="dict", options=SERVICE_OPTIONS, default=[]),
     lock_timeout=dict(type="int", default=DEFAULT_LOCK_TIMEOUT),
     conntrack_cleanup=dict(type="bool", default=True),
+    health_check_run_dir=dict(type="path"),
+    health_check_python=dict(type="str"),
 )
 
 NO_IPVS = (
@@ -515,6 +539,9 @@ def run_module(module):
         module.fail_json(msg=str(error), field=error.field)
     if params["lock_timeout"] < 0:
         module.fail_json(msg="lock_timeout must be 0 or more seconds, got %d" % params["lock_timeout"], field="lock_timeout")
+    if params["health_check_run_dir"] is not None and not os.path.isabs(params["health_check_run_dir"]):
+        module.fail_json(msg="health_check_run_dir must be an absolute path (the pidfiles in it identify the servers), "
+                             "got %s" % params["health_check_run_dir"], field="health_check_run_dir")
 
     result = dict(changed=False, mode=config.mode, netns=netns, rules="", changed_chains=[], deleted_chains=[])
     if node_name is not None:
@@ -525,6 +552,7 @@ def run_module(module):
     if params["state"] == "query":
         return query(module, result, netns_path if node_exists else None, netns)
     if not node_exists and not present:
+        result["changed"] = health_check(module, result, config, netns, node_name, present)[0]
         module.exit_json(**result)
     if not node_exists and not module.check_mode:
         module.fail_json(
@@ -542,7 +570,7 @@ def run_module(module):
         backend = iptables.backend_of(module.run_command(["iptables", "--version"])[1])
         if backend:
             result["iptables_backend"] = backend
-        return exit_with_plan(module, result, plan, netns)
+        return exit_with_plan(module, result, plan, netns, health_check(module, result, config, netns, node_name, present))
 
     node = Node(module, netns)
     if present and config.mode == "nftables":
@@ -570,7 +598,24 @@ def run_module(module):
         backend = iptables.backend_of(node.run("iptables", "--version"))
     if backend:
         result["iptables_backend"] = backend
-    exit_with_plan(module, result, plan, netns)
+    exit_with_plan(module, result, plan, netns, health_check(module, result, config, netns, node_name, present))
+
+
+def health_check(module, result, config, netns, node_name, present):
+    """kube-proxy's service health check server for the node, once its rules are in (with
+    health_check_run_dir), reported in result["health_check"]: (changed, its --diff entries)."""
+    run_dir = module.params["health_check_run_dir"]
+    if run_dir is None:
+        return False, []
+    if present:
+        health = health_servers.present(module, run_dir, module.params["health_check_python"], netns,
+                                        healthcheck.health_checks(config, node_name or netns))
+    else:
+        health = health_servers.absent(module, run_dir, netns)
+    diff = health.pop("diff", [])
+    changed = health.pop("changed")
+    result["health_check"] = health
+    return changed, diff if changed else []
 
 
 def query(module, result, netns_path, netns):
@@ -592,9 +637,10 @@ def query(module, result, netns_path, netns):
     module.exit_json(running_mode=running, **result)
 
 
-def exit_with_plan(module, result, plan, netns):
+def exit_with_plan(module, result, plan, netns, health=(False, [])):
+    health_changed, health_diff = health
     result.update(
-        changed=plan.changed,
+        changed=plan.changed or health_changed,
         rules=plan.rules,
         changed_chains=plan.changed_chains,
         deleted_chains=plan.deleted_chains,
@@ -605,7 +651,7 @@ def exit_with_plan(module, result, plan, netns):
                  before_header="%s: %s (before)" % (netns, step.name),
                  after_header="%s: %s (after)" % (netns, step.name))
             for step in plan.steps if step.commands
-        ]
+        ] + health_diff
     module.exit_json(**result)
 
 

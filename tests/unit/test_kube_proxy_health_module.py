@@ -7,6 +7,7 @@ import json
 
 import pytest
 from ansible.module_utils import basic
+from ansible.module_utils.kube_proxy import health_servers
 from ansible.module_utils.lab_pods import server
 from ansible.module_utils.testing import patch_module_args
 
@@ -34,8 +35,8 @@ class Servers:
         monkeypatch.setattr(basic.AnsibleModule, "run_command", self.run_command)
         monkeypatch.setattr(server, "running_pid", self.running_pid)
         monkeypatch.setattr(server, "running_with", self.running_with)
-        monkeypatch.setattr(kube_proxy_health, "in_namespace", lambda pid, netns: pid not in self.pids(self.elsewhere))
-        monkeypatch.setattr(kube_proxy_health, "end_servers", lambda module, servers: self.ended.extend(servers))
+        monkeypatch.setattr(health_servers, "in_namespace", lambda pid, netns: pid not in self.pids(self.elsewhere))
+        monkeypatch.setattr(health_servers, "end_servers", lambda module, servers: self.ended.extend(servers))
 
     @staticmethod
     def pid(name):
@@ -79,7 +80,7 @@ def node(monkeypatch, tmp_path):
     netns_dir.mkdir()
     for name in ("lab-node", "lab-node2"):
         (netns_dir / name).touch()
-    monkeypatch.setattr(kube_proxy_health, "NETNS_DIR", str(netns_dir))
+    monkeypatch.setattr(health_servers, "NETNS_DIR", str(netns_dir))
     return tmp_path / "run"
 
 
@@ -290,7 +291,7 @@ def test_a_pidfile_its_ended_server_deleted_itself_is_no_error(monkeypatch, node
     health = installed(node)
     (health / "lab-node.30081.pid").write_text("1\n")
     servers = Servers(monkeypatch, running=["lab-node.30081"])
-    monkeypatch.setattr(kube_proxy_health, "end_servers",
+    monkeypatch.setattr(health_servers, "end_servers",
                         lambda module, ended: [(health / "lab-node.30081.pid").unlink() for _server in ended])
     outcome = run(dict(netns="lab-node", services=[CLUSTER_IP], run_dir=str(node)))
     assert not outcome.failed and outcome.result["stopped"] == ["lab-node:30081"] and servers.calls == []

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 from ansible.module_utils import basic
+from ansible.module_utils.kube_proxy import health_servers
 from ansible.module_utils.testing import patch_module_args
 
 from conftest import FIXTURES, LIBRARY, ModuleExit
@@ -403,6 +404,68 @@ def _compare(documented, spec_options, where):
         assert doc_entry.get("description"), here
         if "options" in spec_entry:
             _compare(doc_entry["suboptions"], spec_entry["options"], here)
+
+
+LOCAL_LB = dict(APP1, type="LoadBalancer", node_port=30080, load_balancer_ips=["192.168.200.10"],
+                external_traffic_policy="Local", health_check_node_port=30081,
+                endpoints=[dict(ip="10.0.0.2", node_name="lab-node"), dict(ip="10.0.0.3", node_name="lab-node2")])
+
+
+@pytest.fixture
+def health_run_dir(monkeypatch, tmp_path):
+    """A run directory for the health check servers, and the node's namespace where they look."""
+    monkeypatch.setattr(health_servers, "NETNS_DIR", str(tmp_path))
+    monkeypatch.setattr(health_servers, "end_servers", lambda module, servers: None)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    return run_dir
+
+
+def server_starts(node):
+    return [command for command in node.commands() if "start" in command and "--health-file" in command]
+
+
+def test_the_node_answers_its_health_check_node_port_after_the_sync(monkeypatch, netns_exists, health_run_dir):
+    node = FakeNode()
+    outcome = run(monkeypatch, app1_args(node_name="lab-node", services=[LOCAL_LB],
+                                         health_check_run_dir=str(health_run_dir)), node)
+    health = outcome.result["health_check"]
+    assert health["started"] == ["lab-node:30081"] and health["stopped"] == []
+    assert health["health_check_node_ports"] == {"30081": {"service": "default/app1", "local_endpoints": 1}}
+    assert json.loads((health_run_dir / "health" / "lab-node.json").read_text())["30081"]["local_endpoints"] == 1
+    assert [command[command.index("--port") + 1] for command in server_starts(node)] == ["30081"]
+    assert node.commands().index(server_starts(node)[0]) > max(
+        index for index, command in enumerate(node.commands()) if command[0] == "iptables-restore")
+
+
+def test_health_check_servers_of_a_port_no_longer_declared_end_and_leave_nothing(monkeypatch, netns_exists, health_run_dir):
+    run(monkeypatch, app1_args(node_name="lab-node", services=[LOCAL_LB], health_check_run_dir=str(health_run_dir)), FakeNode())
+    (health_run_dir / "health" / "lab-node.30081.pid").write_text("4242\n")
+    monkeypatch.setattr(health_servers.server, "running_pid", lambda pidfile: 4242 if pidfile.endswith(".30081.pid") else None)
+    outcome = run(monkeypatch, app1_args(node_name="lab-node", health_check_run_dir=str(health_run_dir)), FakeNode())
+    assert outcome.result["changed"] and outcome.result["health_check"]["stopped"] == ["lab-node:30081"]
+    assert "kill 4242" in outcome.result["health_check"]["commands"][0]
+
+
+def test_check_mode_plans_the_health_check_servers_and_starts_none(monkeypatch, netns_exists, health_run_dir):
+    node = FakeNode()
+    outcome = run(monkeypatch, app1_args(node_name="lab-node", services=[LOCAL_LB], health_check_run_dir=str(health_run_dir)),
+                  node, check_mode=True, diff=True)
+    assert outcome.result["health_check"]["started"] == ["lab-node:30081"] and not server_starts(node)
+    assert not (health_run_dir / "health").exists()
+    assert "lab-node: health check servers (after)" in [entry["after_header"] for entry in outcome.result["diff"]]
+
+
+def test_without_health_check_run_dir_no_health_check_server_is_touched(monkeypatch, netns_exists):
+    node = FakeNode()
+    outcome = run(monkeypatch, app1_args(node_name="lab-node", services=[LOCAL_LB]), node)
+    assert "health_check" not in outcome.result and not server_starts(node)
+
+
+def test_a_relative_health_check_run_dir_is_refused_by_name(monkeypatch, netns_exists):
+    node = FakeNode()
+    outcome = run(monkeypatch, app1_args(health_check_run_dir="run"), node)
+    assert outcome.failed and outcome.result["field"] == "health_check_run_dir" and not node.calls
 
 
 def test_documentation_matches_argument_spec():

@@ -119,7 +119,7 @@ def test_back_to_cluster_ip_no_health_server_and_no_route_are_left(host, lab, cl
     assert all(is_health_server(host, pid) for pid in servers.values())
     build(lab, pods=2, service_type="ClusterIP", traffic_policy="Cluster")
     assert health_pids(host, lab) == {}
-    assert not host.file("%s/health" % lab["run_dir"]).exists, "kube_proxy_health left its directory behind"
+    assert not host.file("%s/health" % lab["run_dir"]).exists, "the health check servers left their directory behind"
     assert running_health_servers(host) == []
     for pid in servers.values():
         assert not is_health_server(host, pid), "health check server pid %d still runs" % pid

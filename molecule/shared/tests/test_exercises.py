@@ -31,6 +31,11 @@ TIMEOUT = 2  # seconds per request (curl --max-time)
 MAX_PAUSE = 0.05
 
 EVERY_MODE = ["br_netfilter", "hairpin", "service_route", "ip_forward", "masquerade"]
+# The exercise whose check step runs here, between break and fix, in every mode: a playbook run
+# costs ~30 s in the user-mode-linux node, and check differs between exercises only in the
+# texts and the command it shows (tests/unit/test_exercise_catalogue.py checks each exercise has
+# them for each of its modes; the guide runs hairpin's and udp_stale's check too).
+CHECKED = "masquerade"
 # The exercises of each mode; every symptom asserted below was measured in that mode first.
 MEASURED = {"iptables": EVERY_MODE, "nftables": EVERY_MODE,
             "ipvs": EVERY_MODE + ["vs_conntrack", "ipvs_vip"]}
@@ -179,12 +184,14 @@ def client_address(host, lab):
 
 def breaks_and_fixes(host, lab, exercise):
     """Break EXERCISE in LAB (the running lab: nodes, pods), check that the measured symptom is
-    exactly there and that check reports it, fix it, check that every source reaches every pod."""
+    exactly there (and, for CHECKED, that check reports it), fix it, check that every source
+    reaches every pod."""
     expect = expected(exercise, lab, client_address(host, lab))
     try:
         play("playbooks/exercise.yml", exercise=exercise, step="break")
-        report = play("playbooks/exercise.yml", "-e", "lab_exercise_tries=1", exercise=exercise, step="check").stdout
-        assert "Exercise %s (mode %s)" % (exercise, lab["mode"]) in report, report
+        if exercise == CHECKED:
+            report = play("playbooks/exercise.yml", "-e", "lab_exercise_tries=1", exercise=exercise, step="check").stdout
+            assert "Exercise %s (mode %s)" % (exercise, lab["mode"]) in report, report
         problems = mismatches(host, lab, expect)
         assert not problems, "after break %s:\n" % exercise + "\n".join(problems)
     finally:

@@ -1,10 +1,11 @@
 """tools/run-scenarios' orchestration, with stand-ins for Molecule and the user-mode-linux node.
 
-The script is copied into a scratch tree beside fake tools/uml-run and tools/kernel-has-ipvs
-(this kernel "has no IP_VS", so ipvs* scenarios go to "nodes"), and a fake `molecule` is first
-in PATH. What is tested is the script's own logic: every node's lines are out before the
-verdict, a failure anywhere fails the run and is named last, and a native failure stops the
-nodes. The real thing runs in `make test`.
+The script is copied into a scratch tree beside fake tools/uml-run, tools/private-run and
+tools/kernel-has-ipvs (this kernel "has no IP_VS", so ipvs* scenarios go to "nodes"), and a
+fake `molecule` is first in PATH. What is tested is the script's own logic: every scenario's
+lines are out before the verdict, a failure anywhere fails the run and is named last, a
+failure stops the nodes but lets the scenarios on this kernel finish, and only the first of
+those runs without a private /run. The real thing runs in `make test`.
 """
 
 import os
@@ -35,8 +36,16 @@ fi
 exit 0
 '''
 
+FAKE_PRIVATE_RUN = r'''#!/usr/bin/env bash
+echo "private /run for ${@: -1}"
+exec "$@"
+'''
+
 FAKE_MOLECULE = r'''#!/usr/bin/env bash
 scenario=${@: -1}
+if [ -n "${FAKE_NATIVE_SLEEP:-}" ] && [ "${FAKE_NATIVE_FAILS:-}" != "$scenario" ]; then
+  sleep "$FAKE_NATIVE_SLEEP"
+fi
 echo "molecule ran $scenario"
 if [ "${FAKE_NATIVE_FAILS:-}" = "$scenario" ]; then
   # Fail only once the node listens for TERM: a node killed before its trap is set dies
@@ -62,6 +71,7 @@ def fixture_tree(tmp_path):
     tools.mkdir()
     shutil.copy(os.path.join(REPO, 'tools', 'run-scenarios'), tools / 'run-scenarios')
     _executable(tools / 'uml-run', FAKE_UML_RUN)
+    _executable(tools / 'private-run', FAKE_PRIVATE_RUN)
     _executable(tools / 'kernel-has-ipvs', '#!/bin/sh\nexit 1\n')
     bin_dir = tmp_path / 'bin'
     bin_dir.mkdir()
@@ -85,7 +95,7 @@ def test_every_node_line_is_printed_before_the_verdict(tree):
     for scenario in ('ipvs', 'ipvs-classroom'):
         assert '[%s] %s LAST LINE' % (scenario, scenario) in lines
         assert sum(line.startswith('[%s] ' % scenario) for line in lines) == 20002
-    assert 'molecule ran default' in lines
+    assert '[default] molecule ran default' in lines
 
 
 def test_a_failed_node_fails_the_run_and_its_tests_are_named_last(tree):
@@ -105,7 +115,7 @@ def test_a_native_failure_stops_the_nodes_and_is_named_last(tree):
                     FAKE_NODE_LISTENING='ipvs')
     lines = result.stdout.splitlines()
     assert result.returncode == 1
-    assert 'run-scenarios: molecule test -s default FAILED' in lines
+    assert 'run-scenarios: molecule test -s default FAILED (status 1)' in lines
     assert '[ipvs] node ipvs stopped' in lines
     assert '[ipvs] ipvs LAST LINE' not in lines
     assert lines[-2:] == ['run-scenarios: default: FAILURE test_y::test_native', '    native said no']
@@ -119,3 +129,25 @@ def test_the_nodes_get_the_last_cpus_one_each(tree):
     assert '[ipvs-classroom] node for ipvs-classroom on CPU %d' % cpus[1 % len(cpus)] \
         in result.stdout.splitlines()
 
+
+
+def test_only_the_first_scenario_here_runs_without_a_private_run(tree):
+    result = run(tree, 'default', 'nftables', 'ipvs')
+    lines = result.stdout.splitlines()
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert '[nftables] private /run for nftables' in lines
+    assert '[nftables] molecule ran nftables' in lines
+    assert not any(line.startswith('[default] private') for line in lines)
+    assert '[default] molecule ran default' in lines
+
+
+def test_a_native_failure_lets_the_other_native_scenario_finish(tree):
+    result = run(tree, 'default', 'nftables', 'ipvs', FAKE_NATIVE_FAILS='default',
+                 FAKE_NATIVE_SLEEP='2', FAKE_NODE_SLEEP='30', FAKE_NODE_LISTENING='ipvs')
+    lines = result.stdout.splitlines()
+    assert result.returncode == 1
+    assert '[ipvs] node ipvs stopped' in lines
+    assert '[nftables] molecule ran nftables' in lines
+    assert lines.index('[nftables] molecule ran nftables') > lines.index(
+        'run-scenarios: molecule test -s default FAILED (status 1)')
+    assert lines[-2:] == ['run-scenarios: default: FAILURE test_y::test_native', '    native said no']

@@ -17,7 +17,11 @@ description:
     on a node, and installs it in the network namespace O(netns).
   - In V(iptables) mode that is kube-proxy's NAT chains (C(KUBE-SERVICES), C(KUBE-SVC-*),
     C(KUBE-SEP-*), C(KUBE-MARK-MASQ), C(KUBE-POSTROUTING)) with its chain names, comments,
-    probabilities and marks, applied in one C(iptables-restore --noflush).
+    probabilities and marks, applied in one C(iptables-restore --noflush). A sync that writes
+    more than 2,500 rules (a cold start of a large cluster) is split into several, each a
+    batch of whole Services, then one for the shared chains, because iptables-nft's --noflush
+    restore costs more per rule the larger one transaction is (at 5,000 Services 50 s as one, a
+    few seconds as batches).
   - In V(ipvs) mode it is one IPVS virtual server per service port and address (the ClusterIP,
     each external and load balancer IP, and for a NodePort each node address), real servers in
     masquerade mode, every ClusterIP, external and load balancer IP on the dummy device
@@ -31,7 +35,10 @@ description:
     to be deleted, which those kernels refuse alongside the rules that jump to it). Otherwise
     it is replaced whole, for example when a ClientIP Service's affinity sets are added or
     removed, when a set or map is declared otherwise, or when the table holds anything the
-    module does not understand.
+    module does not understand. A node without the table gets it in one transaction too,
+    unless it is large (more than 5,000 lines, a cold start of thousands of Services), then
+    in several, the first with the table, its sets and maps and the shared chains, each of
+    the others a batch of whole Services with the map elements that lead to them.
   - The module owns, in the namespace, every C(KUBE-*) chain and the jumps into them, the
     C(KUBE-*) ipsets, the IPVS virtual servers, C(kube-ipvs0) and the table C(ip kube-proxy);
     it never touches anything else. Entering a mode removes what the other modes left.
@@ -258,10 +265,12 @@ notes:
     transaction apply as a whole or not at all. C(ipset restore), C(ipvsadm -R) and
     C(ip -batch) apply their input line by line, and a sync is these steps in turn. So a run
     killed part-way can leave an IPVS virtual server with only some of its real servers, or
-    filter's rules committed and nat's not. What the order guarantees: a Service's iptables
-    chains and its dispatch rule commit together; no rule refers to a chain of another table
-    or another transaction, nor to an ipset that does not exist yet (sets are created before
-    the rules that match them and destroyed after). A rerun converges from any such point."
+    filter's rules committed and nat's not. What the order guarantees: a Service's own
+    iptables chains commit together, and its dispatch rule with them or (in a split sync)
+    after them, so it is reached through whole chains or not at all; no rule refers to a chain
+    or an ipset that does not exist yet (chains and sets are created before the rules that
+    jump to or match them, and deleted after the last of those rules). A rerun converges from
+    any such point."
 requirements:
   - iproute2 (C(ip netns))
   - iptables (C(iptables-save), C(iptables-restore))

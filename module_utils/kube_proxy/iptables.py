@@ -40,10 +40,13 @@ Rule = Tuple[str, ...]
 
 @dataclass
 class TableState:
-    """The module's share of one table: its own chains, and the jumps into them."""
+    """The module's share of one table: its own chains, and the jumps into them. owners names
+    the service port each of a Service's own chains (SVC, SVL, EXT, FW, SEP) belongs to; the
+    chains every Service shares (KUBE-SERVICES, KUBE-MARK-MASQ, ...) have none."""
 
     chains: Dict[str, List[str]] = field(default_factory=dict)
     jumps: Dict[str, List[str]] = field(default_factory=dict)
+    owners: Dict[str, str] = field(default_factory=dict)
 
 
 IptablesState = Dict[str, TableState]
@@ -126,6 +129,12 @@ def _render_service(config: ProxyConfig, service: Service, nat: TableState, filt
     filter rules for whatever has no endpoint to go to, and its chains (EXT, FW, SVC, SVL, SEP)."""
     name = service.port_name_string
     proto = service.proto
+
+    def own(chain: str) -> List[str]:
+        """One of the Service's own chains in nat, created at its first rule."""
+        nat.owners[chain] = name
+        return nat.chains.setdefault(chain, [])
+
     endpoints = categorize_endpoints(service, config.node_name)
     cluster_chain = service_chain(name, proto)
     local_policy_chain = local_chain(name, proto)
@@ -185,11 +194,11 @@ def _render_service(config: ProxyConfig, service: Service, nat: TableState, filt
     if has_internal:
         # Traffic from outside the cluster CIDR must come back through this node: masquerade it.
         source = "" if config.masquerade_all else " ! -s " + config.cluster_cidr
-        nat.chains.setdefault(internal_chain, []).append("%s %s%s -j %s" % (
+        own(internal_chain).append("%s %s%s -j %s" % (
             _comment("%s cluster IP" % name), _portal_match(service), source, KUBE_MARK_MASQ))
 
     if endpoints.any and service.externally_accessible:
-        ext_rules = nat.chains.setdefault(ext_chain, [])
+        ext_rules = own(ext_chain)
         if not service.external_policy_local:
             # The endpoint may be on another node: masquerade, so the reply comes back here.
             ext_rules.append("%s -j %s" % (_comment("masquerade traffic for %s external destinations" % name),
@@ -211,7 +220,7 @@ def _render_service(config: ProxyConfig, service: Service, nat: TableState, filt
 
     if uses_fw:
         fw_comment = _comment("%s loadbalancer IP" % name)
-        fw_rules = nat.chains.setdefault(fw_chain, [])
+        fw_rules = own(fw_chain)
         fw_rules.extend("%s -s %s -j %s" % (fw_comment, cidr, ext_chain) for cidr in service.load_balancer_source_ranges)
         node_ip = ipaddress.ip_address(config.node_ips[0]) if config.node_ips else None
         if node_ip is not None and any(node_ip in ipaddress.ip_network(cidr) for cidr in service.load_balancer_source_ranges):
@@ -220,15 +229,15 @@ def _render_service(config: ProxyConfig, service: Service, nat: TableState, filt
         fw_rules.append(_comment("other traffic to %s will be dropped by KUBE-PROXY-FIREWALL" % name))
 
     if endpoints.cluster and service.uses_cluster_endpoints:
-        _balance(service, nat.chains.setdefault(cluster_chain, []), endpoints.cluster)
+        _balance(service, own(cluster_chain), endpoints.cluster)
     if endpoints.local and service.uses_local_endpoints:
-        _balance(service, nat.chains.setdefault(local_policy_chain, []), endpoints.local)
+        _balance(service, own(local_policy_chain), endpoints.local)
 
     for ip in endpoints.reachable:
         address = service.endpoint_address(ip)
         sep_chain = endpoint_chain(name, proto, address)
         recent = " -m recent --name %s --set" % sep_chain if service.client_ip_affinity else ""
-        nat.chains[sep_chain] = [
+        own(sep_chain)[:] = [
             # A pod reaching itself through the service: masquerade, or it would answer itself directly.
             _comment(name) + " -s " + ip + " -j " + KUBE_MARK_MASQ,
             _comment(name) + recent + " -m {p} -p {p} -j DNAT --to-destination {a}".format(p=proto, a=address),
@@ -548,19 +557,34 @@ def backend_of(version: str) -> Optional[str]:
 _Tables = Dict[str, Tuple[Dict[str, List[Rule]], Dict[str, List[Rule]]]]
 
 
+# A sync that writes more rule lines than this goes in several restores of about this many
+# each (plan's docstring says how, and docs/performance.md what it measured): iptables-nft's
+# --noflush restore costs more per rule the more one transaction holds.
+BATCH_RULES = 2500
+
+
 @dataclass
 class Plan:
-    """What one ``iptables-restore --noflush`` must do, and the before/after for --diff.
+    """What the ``iptables-restore --noflush`` runs must do (transactions, applied in order),
+    and the before/after for --diff.
 
     before/after are written only when asked for (--diff): at 10,000 Services rendering
     them took longer than the rest of a no-change sync."""
 
-    restore: str
-    changed: bool
+    transactions: List[str]
     before_tables: _Tables
     after_tables: _Tables
     changed_chains: List[str]
     deleted_chains: List[str]
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.transactions)
+
+    @property
+    def restore(self) -> str:
+        """Every transaction, as one restore input would hold them."""
+        return "".join(self.transactions)
 
     @property
     def before(self) -> str:
@@ -591,14 +615,36 @@ def _saved_form(tables: "_Tables") -> str:
     return "\n".join(lines) + ("\n" if lines else "")
 
 
-def plan(desired: IptablesState, live: LiveState) -> Plan:
-    """Rewrite the chains that differ, delete the stale ones, fix the jumps: one restore."""
-    restore: List[str] = []
-    changed_chains: List[str] = []
-    deleted_chains: List[str] = []
-    before: Dict[str, Tuple[Dict[str, List[Rule]], Dict[str, List[Rule]]]] = {}
-    after: Dict[str, Tuple[Dict[str, List[Rule]], Dict[str, List[Rule]]]] = {}
+@dataclass
+class _TableEdit:
+    """What one table needs: the chains to write whole, those to delete, the built-in chains
+    whose jumps differ."""
 
+    table: str
+    want: TableState
+    have: LiveTable
+    rewrite: List[str]
+    delete: List[str]
+    jump_chains: List[str]
+    want_jumps: Dict[str, List[Rule]]
+
+
+def plan(desired: IptablesState, live: LiveState, batch_rules: int = BATCH_RULES) -> Plan:
+    """Rewrite the chains that differ, delete the stale ones, fix the jumps.
+
+    Up to batch_rules rule lines this is one restore, each table one atomic COMMIT, as
+    kube-proxy writes it. A larger sync (a cold start, thousands of Services changed) is split
+    so that every state in between is one kube-proxy could have written: first the Services'
+    own chains, a batch of whole Services per restore (their endpoint, service, external and
+    firewall chains together), with the shared chains they jump to created if missing; then
+    one restore that writes the shared chains (KUBE-SERVICES, KUBE-NODEPORTS, the filter
+    chains, ...) and the jumps into them, which makes the new Services reachable, and deletes
+    the stale chains, which nothing refers to any more. Until that last restore every Service
+    is reached through the chains it had, rewritten whole or not at all.
+    """
+    edits: List[_TableEdit] = []
+    before: _Tables = {}
+    after: _Tables = {}
     for table in TABLES:
         want = desired[table]
         have = live.tables[table]
@@ -606,37 +652,85 @@ def plan(desired: IptablesState, live: LiveState) -> Plan:
         want_jumps = {chain: _normalised(rules) for chain, rules in want.jumps.items() if rules}
         before[table] = (have.chains, have.jumps)
         after[table] = (want_chains, want_jumps)
+        edit = _TableEdit(
+            table, want, have,
+            rewrite=[chain for chain in want.chains if have.chains.get(chain) != want_chains[chain]],
+            delete=sorted(chain for chain in have.chains if chain not in want.chains),
+            jump_chains=[chain for chain in BUILTIN_CHAINS[table]
+                         if have.jumps.get(chain, []) != want_jumps.get(chain, [])],
+            want_jumps=want_jumps,
+        )
+        if edit.rewrite or edit.delete or edit.jump_chains:
+            edits.append(edit)
 
-        rewrite = [chain for chain in want.chains if have.chains.get(chain) != want_chains[chain]]
-        delete = sorted(chain for chain in have.chains if chain not in want.chains)
-        jump_chains = [
-            chain for chain in BUILTIN_CHAINS[table]
-            if have.jumps.get(chain, []) != want_jumps.get(chain, [])
-        ]
-        if not (rewrite or delete or jump_chains):
-            continue
-
-        restore.append("*" + table)
-        # Declaring a chain under --noflush creates it, or flushes it when it exists.
-        restore.extend(":%s - [0:0]" % chain for chain in rewrite + delete)
-        for chain in jump_chains:
-            restore.extend("-D %s %s" % (chain, rule_text(rule)) for rule in have.jumps.get(chain, []))
-        for chain in rewrite:
-            restore.extend("-A %s %s" % (chain, rule) for rule in want.chains[chain])
-        for chain in jump_chains:
-            # kube-proxy puts its jumps first in the built-in chains.
-            for position, rule in enumerate(want.jumps.get(chain, []), start=1):
-                restore.append("-I %s %d %s" % (chain, position, rule))
-        restore.extend("-X %s" % chain for chain in delete)
-        restore.append("COMMIT")
-        changed_chains.extend("%s/%s" % (table, chain) for chain in rewrite)
-        deleted_chains.extend("%s/%s" % (table, chain) for chain in delete)
-
+    size = sum(len(edit.want.chains[chain]) for edit in edits for chain in edit.rewrite)
+    if size <= batch_rules:
+        transactions = [_restore([_block(edit, edit.rewrite, edit.delete, edit.jump_chains) for edit in edits])]
+    else:
+        transactions = _batched(edits, batch_rules)
     return Plan(
-        restore="\n".join(restore) + "\n" if restore else "",
-        changed=bool(restore),
+        transactions=[text for text in transactions if text],
         before_tables=before,
         after_tables=after,
-        changed_chains=changed_chains,
-        deleted_chains=deleted_chains,
+        changed_chains=["%s/%s" % (edit.table, chain) for edit in edits for chain in edit.rewrite],
+        deleted_chains=["%s/%s" % (edit.table, chain) for edit in edits for chain in edit.delete],
     )
+
+
+def _batched(edits: List[_TableEdit], batch_rules: int) -> List[str]:
+    """plan's restores for a large sync: the Services' own chains in batches, then the rest."""
+    transactions: List[str] = []
+    # Shared chains that do not exist yet, created empty with the first batch: a Service's
+    # chains may jump to them (KUBE-MARK-MASQ), and nothing jumps to them yet.
+    missing = [[chain for chain in edit.rewrite if chain not in edit.want.owners and chain not in edit.have.chains]
+               for edit in edits]
+    batch: List[List[str]] = [[] for _ in edits]
+    rules = 0
+    for position, edit in enumerate(edits):
+        owner = None
+        for chain in edit.rewrite:
+            if chain not in edit.want.owners:
+                continue
+            # A batch closes only between two Services, never inside one.
+            if rules >= batch_rules and edit.want.owners[chain] != owner:
+                transactions.append(_restore([_block(edits[i], chains, [], [], declare_only=missing[i] if not transactions else [])
+                                              for i, chains in enumerate(batch)]))
+                batch, rules = [[] for _ in edits], 0
+            owner = edit.want.owners[chain]
+            batch[position].append(chain)
+            rules += len(edit.want.chains[chain])
+    transactions.append(_restore([_block(edits[i], chains, [], [], declare_only=missing[i] if not transactions else [])
+                                  for i, chains in enumerate(batch)]))
+    transactions.append(_restore([
+        _block(edit, [chain for chain in edit.rewrite if chain not in edit.want.owners], edit.delete, edit.jump_chains)
+        for edit in edits]))
+    return transactions
+
+
+def _block(edit: _TableEdit, rewrite: List[str], delete: List[str], jump_chains: List[str],
+           declare_only: Iterable[str] = ()) -> List[str]:
+    """One table's part of a restore: the chains in rewrite written whole, those in delete
+    deleted, the jumps of the built-in chains in jump_chains put right, the chains in
+    declare_only created empty. [] when there is nothing to do."""
+    declare = list(declare_only) + rewrite + delete
+    if not (declare or jump_chains):
+        return []
+    lines = ["*" + edit.table]
+    # Declaring a chain under --noflush creates it, or flushes it when it exists.
+    lines.extend(":%s - [0:0]" % chain for chain in declare)
+    for chain in jump_chains:
+        lines.extend("-D %s %s" % (chain, rule_text(rule)) for rule in edit.have.jumps.get(chain, []))
+    for chain in rewrite:
+        lines.extend("-A %s %s" % (chain, rule) for rule in edit.want.chains[chain])
+    for chain in jump_chains:
+        # kube-proxy puts its jumps first in the built-in chains.
+        for position, rule in enumerate(edit.want.jumps.get(chain, []), start=1):
+            lines.append("-I %s %d %s" % (chain, position, rule))
+    lines.extend("-X %s" % chain for chain in delete)
+    lines.append("COMMIT")
+    return lines
+
+
+def _restore(blocks: List[List[str]]) -> str:
+    lines = [line for block in blocks for line in block]
+    return "\n".join(lines) + "\n" if lines else ""

@@ -165,6 +165,9 @@ class NftState:
     # What parse_json found that this model cannot hold; never part of a rendered state.
     other: List[str] = field(default_factory=list)
     comment: Optional[str] = field(default=None, compare=False)
+    # The service port each of a Service's own chains belongs to (render's; parse_json's
+    # state has none): what batched_script keeps together.
+    owners: Dict[str, str] = field(default_factory=dict, compare=False)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -363,6 +366,10 @@ def _render_service(state: NftState, config: ProxyConfig, service: Service) -> N
         _balance(state.chains[cluster_chain].rules, service, split.cluster, endpoint_chains)
     if split.local and service.uses_local_endpoints:
         _balance(state.chains[local_policy_chain].rules, service, split.local, endpoint_chains)
+    for name in [chain for chain, _affinity in endpoint_chains.values()] + [
+            cluster_chain, local_policy_chain, external_chain, fw_chain]:
+        if name in state.chains:
+            state.owners[name] = service.port_name_string
 
 
 def _address_set(cidrs: List[str]) -> str:
@@ -431,6 +438,66 @@ def script(desired: NftState, live_exists: bool) -> str:
         for name, named in desired.sets.items() for element in sorted(named.elements, key=_natural)
     ])
     return "\n\n".join("\n".join(lines) for lines in sections if lines) + "\n"
+
+
+# A cold start writing more lines than this goes in several transactions of about this many
+# each (batched_scripts; docs/performance.md says what it measured): nft -f costs more per
+# line the larger one transaction is.
+BATCH_LINES = 5000
+
+
+def batched_scripts(desired: NftState, batch_lines: int = BATCH_LINES) -> List[str]:
+    """script(desired, live_exists=False) for a node without the table, as ``nft -f``
+    transactions of about batch_lines lines each, leaving the same table.
+
+    The first creates the table, every set and map, the chains every Service shares and the
+    elements that name none of a Service's own chains (cluster-ips, the no-endpoint
+    verdicts); each of the others adds a batch of whole Services: their chains, their rules,
+    and the map elements that lead to them, which is what makes a Service reachable. So a
+    Service is either not reached yet or reached through all of its chains. (Upstream
+    kubernetes/kubernetes#139328 proposes a split of kube-proxy's own cold start.)
+    """
+    lines = sum(len(chain.rules) + 1 for chain in desired.chains.values()) + sum(
+        len(named.elements) for named in desired.sets.values())
+    if lines <= batch_lines or not desired.owners:
+        return [script(desired, live_exists=False)]
+    leading: Dict[str, List[Tuple[str, str]]] = {}  # an owned chain -> the elements that lead to it
+    shared_elements: List[Tuple[str, str]] = []
+    for name, named in desired.sets.items():
+        for element in sorted(named.elements, key=_natural):
+            target = element.rsplit(" ", 1)[-1] if " : goto " in element or " : jump " in element else None
+            if target in desired.owners:
+                leading.setdefault(target, []).append((name, element))
+            else:
+                shared_elements.append((name, element))
+    shared = NftState(sets={name: replace(named, elements=set()) for name, named in desired.sets.items()},
+                      chains={name: chain for name, chain in desired.chains.items() if name not in desired.owners},
+                      comment=desired.comment)
+    first = script(shared, live_exists=False)
+    scripts = [first + "".join("add element %s %s { %s }\n" % (TABLE, name, element) for name, element in shared_elements)]
+    batch: List[str] = []
+    size, owner = 0, None
+    for name in desired.chains:
+        if name not in desired.owners:
+            continue
+        # A batch closes only between two Services, never inside one.
+        if size >= batch_lines and desired.owners[name] != owner:
+            scripts.append(_service_batch(desired, batch, leading))
+            batch, size = [], 0
+        owner = desired.owners[name]
+        batch.append(name)
+        size += 1 + len(desired.chains[name].rules) + len(leading.get(name, ()))
+    scripts.append(_service_batch(desired, batch, leading))
+    return scripts
+
+
+def _service_batch(desired: NftState, chains: List[str], leading: Dict[str, List[Tuple[str, str]]]) -> str:
+    """One transaction of batched_scripts: chains (whole Services'), their rules, and the elements leading to them."""
+    lines = ["add chain %s %s" % (TABLE, name) for name in chains]
+    lines.extend("add rule %s %s %s" % (TABLE, name, rule) for name in chains for rule in desired.chains[name].rules)
+    lines.extend("add element %s %s { %s }" % (TABLE, set_name, element)
+                 for name in chains for set_name, element in leading.get(name, []))
+    return "\n".join(lines) + "\n"
 
 
 def _element_key(named: NamedSet, element: str) -> str:

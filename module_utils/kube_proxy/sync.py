@@ -126,7 +126,7 @@ def plan(config: ProxyConfig, present: bool, live: Live) -> SyncPlan:
                       **sets_diff))
     steps.append(Step(
         "iptables", before=lambda: rules_plan.before, after=lambda: rules_plan.after,
-        commands=[(("iptables-restore", "--noflush"), rules_plan.restore)] if rules_plan.changed else [],
+        commands=[(("iptables-restore", "--noflush"), text) for text in rules_plan.transactions],
     ))
     # ... and can only be destroyed once no rule refers to them.
     if sets_after:
@@ -153,18 +153,19 @@ def plan(config: ProxyConfig, present: bool, live: Live) -> SyncPlan:
     live_table = nftables.parse_json(live.nft_table) if live.nft_table is not None else None
     if wanted_table != live_table:
         if not wanted_table:
-            nft_input = nftables.delete_script()
+            nft_inputs = [nftables.delete_script()]
+        elif live_table is None:
+            # A node without the table: in batches of whole Services when it is large.
+            nft_inputs = nftables.batched_scripts(wanted_table)
         else:
-            # In place when the table is there and update_script can trust an edit (kube-proxy's
-            # partial sync); whole otherwise.
+            # In place when update_script can trust an edit (kube-proxy's partial sync); whole otherwise.
             kernel = nftables.kernel_version(live.kernel_release)
-            in_place = nftables.update_script(wanted_table, live_table, kernel) if live_table is not None else None
-            nft_input = in_place or nftables.script(wanted_table, live_table is not None)
+            nft_inputs = [nftables.update_script(wanted_table, live_table, kernel) or nftables.script(wanted_table, True)]
         steps.append(Step(
             "nftables",
             before=lambda: nftables.listing(live_table) if live_table else "",
             after=lambda: nftables.listing(wanted_table) if wanted_table else "",
-            commands=[(("nft", "-f", "-"), nft_input)],
+            commands=[(("nft", "-f", "-"), text) for text in nft_inputs],
         ))
 
     return SyncPlan(

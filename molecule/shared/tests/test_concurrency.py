@@ -3,8 +3,9 @@ mode, so these run once, in the default scenario (natively, where iptables-nft's
 restores leave time to interrupt one): every test here is marked mode_independent.
 
 - two kube_proxy runs on one node at once leave exactly one run's state, never a mixture;
-- a kube_proxy run killed during a 3,000-Service restore leaves no Service half-programmed,
-  and a rerun converges;
+- a kube_proxy run killed during the restores of 3,000 Services (a sync that large goes in
+  batches) leaves no Service reachable but half-programmed, and a rerun converges;
+- a change of 2,000 Services, which goes in batches, never interrupts an existing Service;
 - two lab.yml runs at once both succeed, the second after the first, and leave one lab;
 - a bad playbook variable is refused by name before anything changes.
 
@@ -28,10 +29,13 @@ from test_modes import data_plane, own_state_missing, residue, unreached
 pytestmark = pytest.mark.mode_independent
 
 ROUNDS = 10
-# Big enough that one restore takes seconds on iptables-nft (docs/performance.md), so a
-# kill lands inside it.
+# Big enough (about 18,000 rules, so eight restores) that the sync takes seconds on
+# iptables-nft, so a kill lands inside it.
 KILLED_SERVICES = 3000
 RESTORE_WAIT = 60
+KILL_AT_RESTORE = 3
+# Services added and removed while a client talks to app1 (about 22,000 rules: ten restores).
+CONTINUITY_SERVICES = 2000
 
 
 def matches(host, netns, services):
@@ -70,48 +74,94 @@ def restore_process(host, netns):
 
 
 def programmed(host, netns):
-    """Per table, the Services the node holds: filter's rejections, nat's dispatched chains;
-    and nat's service chains that nothing dispatches to."""
+    """Per table, the Services the node holds: filter's rejections, nat's dispatched service
+    chains; nat's service chains that nothing dispatches to (yet); and the dispatched service
+    chains that jump to an endpoint chain which is missing or has no DNAT rule."""
     saved = host.check_output("ip netns exec %s iptables-save", netns)
     tables = dict(section.split("\n", 1) for section in saved.split("*")[1:])
     nat = tables.get("nat", "").splitlines()
-    service_chains = {line[1:].split()[0] for line in nat if line.startswith(":KUBE-SVC-")}
-    dispatched = {line.split("-j ")[-1] for line in nat if line.startswith("-A KUBE-SERVICES ")}
+    rules = {}
+    for line in nat:
+        if line.startswith(":KUBE-"):
+            rules.setdefault(line[1:].split()[0], [])
+        elif line.startswith("-A KUBE-"):
+            rules.setdefault(line.split()[1], []).append(line)
+    service_chains = {chain for chain in rules if chain.startswith("KUBE-SVC-")}
+    dispatched = service_chains & {line.split("-j ")[-1] for line in rules.get("KUBE-SERVICES", [])}
+    broken = {chain for chain in dispatched for line in rules[chain] if "-j KUBE-SEP-" in line
+              and not any("-j DNAT" in rule for rule in rules.get(line.split("-j ")[-1], []))}
     rejected = [line for line in tables.get("filter", "").splitlines() if line.startswith("-A KUBE-SERVICES ")]
-    return len(rejected), len(service_chains & dispatched), service_chains - dispatched
+    return len(rejected), len(dispatched), service_chains - dispatched, broken
 
 
 def test_a_run_killed_during_its_restore_leaves_no_half_service(host, scratch_node, tmp_path):
-    """Each table commits whole (the kernel's part); the module's part is to put a Service's
-    chains and its dispatch rule into one table's transaction, and to converge afterwards.
-    Half the Services have no endpoints, so filter holds Services too."""
+    """Each table commits whole (the kernel's part); the module's part is to write a Service's
+    own chains in one transaction, its dispatch rule in that one or a later one, and to
+    converge afterwards. Half the Services have no endpoints, so filter holds Services too."""
     services = bench_lib.services(KILLED_SERVICES)
     for service in services[::2]:
         service["endpoints"] = []
     args = module_args(tmp_path, "big", services)
     run = start_module(args)
     try:
+        # Kill it once its third restore runs: some batches are in, the shared chains not yet.
         deadline = time.monotonic() + RESTORE_WAIT
-        pid = None
-        while pid is None and run.poll() is None and time.monotonic() < deadline:
+        seen = []
+        while len(seen) < KILL_AT_RESTORE and run.poll() is None and time.monotonic() < deadline:
             pid = restore_process(host, scratch_node)
-            time.sleep(0.05)
-        assert pid is not None, "no iptables-restore to kill: the run ended (rc %s) or never started one" % run.poll()
-        time.sleep(1)
-        killed = host.run("kill -9 %s", str(pid)).rc == 0
-        run.kill()
+            if pid is not None and pid not in seen:
+                seen.append(pid)
+            time.sleep(0.02)
+        assert seen, "no iptables-restore to kill: the run ended (rc %s) or never started one" % run.poll()
+        run.kill()  # no further restore starts; then the one running now, if any
+        running = restore_process(host, scratch_node)
+        killed = running is not None and host.run("kill -9 %s", str(running)).rc == 0
     finally:
         run.kill()
         run.communicate()
-    rejected, dispatched, orphans = programmed(host, scratch_node)
-    assert not orphans, "%d Service chains nothing dispatches to" % len(orphans)
+    rejected, dispatched, waiting, broken = programmed(host, scratch_node)
+    assert not broken, "%d dispatched Services jump to a missing endpoint chain" % len(broken)
     assert rejected in (0, KILLED_SERVICES // 2), "filter: %d of %d rejections" % (rejected, KILLED_SERVICES // 2)
     assert dispatched in (0, KILLED_SERVICES // 2), "nat: %d of %d Services" % (dispatched, KILLED_SERVICES // 2)
-    print("iptables-restore (pid %d) %s 1 s in: filter held %d rejections, nat %d Services" % (
-        pid, "killed" if killed else "had finished", rejected, dispatched))
+    assert dispatched == 0 or not waiting, "%d Service chains nothing dispatches to" % len(waiting)
+    print("the run killed at its iptables-restore number %d, %s: filter held %d rejections, "
+          "nat %d dispatched Services and %d service chains not dispatched yet" % (
+              len(seen), "and that restore with it" if killed else "between two restores", rejected, dispatched,
+              len(waiting)))
     finish(start_module(args))
     assert matches(host, scratch_node, services)
     assert finish(start_module(args))["changed"] is False
+
+
+def test_a_large_change_in_batches_never_interrupts_a_service(host, lab, tmp_path):
+    """2,000 Services added beside the lab's app1 go in several restores (the module's own
+    planner says how many), and back out again; all along, the client's requests to app1 get
+    answers, not one failing. lab.yml puts the lab's own state back afterwards."""
+    node, app1 = lab["node_netns"], lab["services"][0]
+    added = [service for service in bench_lib.services(CONTINUITY_SERVICES + 1, seed=3)
+             if service["cluster_ip"] != app1["cluster_ip"]][:CONTINUITY_SERVICES]
+    desired = iptables.render(build_config("iptables", "10.0.0.0/24", lab["services"] + added))
+    restores = iptables.plan(desired, iptables.parse_save(host.check_output("ip netns exec %s iptables-save", node)))
+    assert len(restores.transactions) > 2, "the change would not go in batches"
+    url = "http://%s:%s/" % (app1["cluster_ip"], app1["port"])
+    log = tmp_path / "prober.log"
+    with open(log, "w", encoding="utf-8") as out:
+        prober = subprocess.Popen(["ip", "netns", "exec", lab["client_netns"], "bash", "-c",
+                                   "while :; do curl -s -o /dev/null -w '%%{http_code}\\n' --max-time 1 %s; done" % url],
+                                  stdout=out, stderr=subprocess.DEVNULL)
+    try:
+        finish(start_module(module_args(tmp_path, "grown", lab["services"] + added, netns=node)))
+        finish(start_module(module_args(tmp_path, "back", lab["services"], netns=node)))
+    finally:
+        prober.kill()
+        prober.wait()
+        play("lab.yml", "--tags", "lab_proxy", mode=lab["mode"])
+    answers = log.read_text().split()
+    failed = [answer for answer in answers if answer != "200"]
+    print("%d requests to app1 while %d Services came in %d restores and went: %d failed" % (
+        len(answers), CONTINUITY_SERVICES, len(restores.transactions), len(failed)))
+    assert len(answers) > 10, "the prober hardly ran: %s" % answers
+    assert not failed, "%d of %d requests failed: %s" % (len(failed), len(answers), sorted(set(failed)))
 
 
 def test_two_lab_runs_at_once_both_succeed_and_leave_one_lab(host, lab, tmp_path):

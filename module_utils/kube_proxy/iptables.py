@@ -626,7 +626,6 @@ class _TableEdit:
     rewrite: List[str]
     delete: List[str]
     jump_chains: List[str]
-    want_jumps: Dict[str, List[Rule]]
 
 
 def plan(desired: IptablesState, live: LiveState, batch_rules: int = BATCH_RULES) -> Plan:
@@ -658,7 +657,6 @@ def plan(desired: IptablesState, live: LiveState, batch_rules: int = BATCH_RULES
             delete=sorted(chain for chain in have.chains if chain not in want.chains),
             jump_chains=[chain for chain in BUILTIN_CHAINS[table]
                          if have.jumps.get(chain, []) != want_jumps.get(chain, [])],
-            want_jumps=want_jumps,
         )
         if edit.rewrite or edit.delete or edit.jump_chains:
             edits.append(edit)
@@ -685,6 +683,11 @@ def _batched(edits: List[_TableEdit], batch_rules: int) -> List[str]:
     missing = [[chain for chain in edit.rewrite if chain not in edit.want.owners and chain not in edit.have.chains]
                for edit in edits]
     batch: List[List[str]] = [[] for _ in edits]
+
+    def close_batch() -> None:
+        transactions.append(_restore([_block(edits[i], chains, [], [], declare_only=[] if transactions else missing[i])
+                                      for i, chains in enumerate(batch)]))
+
     rules = 0
     for position, edit in enumerate(edits):
         owner = None
@@ -693,14 +696,12 @@ def _batched(edits: List[_TableEdit], batch_rules: int) -> List[str]:
                 continue
             # A batch closes only between two Services, never inside one.
             if rules >= batch_rules and edit.want.owners[chain] != owner:
-                transactions.append(_restore([_block(edits[i], chains, [], [], declare_only=missing[i] if not transactions else [])
-                                              for i, chains in enumerate(batch)]))
+                close_batch()
                 batch, rules = [[] for _ in edits], 0
             owner = edit.want.owners[chain]
             batch[position].append(chain)
             rules += len(edit.want.chains[chain])
-    transactions.append(_restore([_block(edits[i], chains, [], [], declare_only=missing[i] if not transactions else [])
-                                  for i, chains in enumerate(batch)]))
+    close_batch()
     transactions.append(_restore([
         _block(edit, [chain for chain in edit.rewrite if chain not in edit.want.owners], edit.delete, edit.jump_chains)
         for edit in edits]))

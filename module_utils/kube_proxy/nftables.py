@@ -462,19 +462,19 @@ def batched_scripts(desired: NftState, batch_lines: int = BATCH_LINES) -> List[s
     if lines <= batch_lines or not desired.owners:
         return [script(desired, live_exists=False)]
     leading: Dict[str, List[Tuple[str, str]]] = {}  # an owned chain -> the elements that lead to it
-    shared_elements: List[Tuple[str, str]] = []
+    shared_sets: Dict[str, NamedSet] = {}
     for name, named in desired.sets.items():
+        kept = set()
         for element in sorted(named.elements, key=_natural):
             target = element.rsplit(" ", 1)[-1] if " : goto " in element or " : jump " in element else None
             if target in desired.owners:
                 leading.setdefault(target, []).append((name, element))
             else:
-                shared_elements.append((name, element))
-    shared = NftState(sets={name: replace(named, elements=set()) for name, named in desired.sets.items()},
-                      chains={name: chain for name, chain in desired.chains.items() if name not in desired.owners},
-                      comment=desired.comment)
-    first = script(shared, live_exists=False)
-    scripts = [first + "".join("add element %s %s { %s }\n" % (TABLE, name, element) for name, element in shared_elements)]
+                kept.add(element)
+        shared_sets[name] = replace(named, elements=kept)
+    shared = NftState(sets=shared_sets, comment=desired.comment,
+                      chains={name: chain for name, chain in desired.chains.items() if name not in desired.owners})
+    scripts = [script(shared, live_exists=False)]
     batch: List[str] = []
     size, owner = 0, None
     for name in desired.chains:

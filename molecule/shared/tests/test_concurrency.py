@@ -65,10 +65,12 @@ def test_two_module_runs_at_once_leave_one_declared_state(host, scratch_node, tm
 
 
 def restore_process(host, netns):
-    """The pid of an iptables-restore running in netns, or None."""
+    """The pid of an iptables-restore running in netns, or None. A restore may end between the
+    listing and the read (a batch takes a fraction of a second): a comm that cannot be read
+    is a process gone."""
     for pid in host.check_output("ip netns pids %s", netns).split():
-        comm = host.file("/proc/%s/comm" % pid)
-        if comm.exists and comm.content_string.strip() == "iptables-restor":
+        comm = host.run("cat /proc/%s/comm", pid)
+        if comm.rc == 0 and comm.stdout.strip() == "iptables-restor":
             return int(pid)
     return None
 

@@ -1,7 +1,8 @@
-"""library/kube_proxy.py main(): parameters, commands (run_command patched), check and diff mode."""
+"""library/kube_proxy.py main(): parameters, commands (run_command and run_reader patched), check and diff mode."""
 
 import importlib.util
 import json
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -42,7 +43,7 @@ def kernel_with_ipvs(monkeypatch, tmp_path):
 
 
 class FakeNode:
-    """Answers run_command like a node: ``answers`` maps a command name to (rc, stdout, stderr)."""
+    """Answers run_command and run_reader like a node: ``answers`` maps a command name to (rc, stdout, stderr)."""
 
     def __init__(self, save="", **answers):
         self.answers = {
@@ -72,6 +73,7 @@ class FakeNode:
 
 def run(monkeypatch, args, node, check_mode=False, diff=False):
     monkeypatch.setattr(basic.AnsibleModule, "run_command", node)
+    monkeypatch.setattr(kube_proxy_module, "run_reader", node)
     if check_mode:
         args = dict(args, _ansible_check_mode=True)
     if diff:
@@ -80,6 +82,13 @@ def run(monkeypatch, args, node, check_mode=False, diff=False):
         with pytest.raises(ModuleExit) as caught:
             kube_proxy_module.main()
     return caught.value
+
+
+def test_a_reader_s_output_comes_whole_with_its_exit_code():
+    # Megabytes, as iptables-save prints at thousands of Services, and what went to stderr.
+    script = "import sys; sys.stdout.write('x' * 5000000); sys.stderr.write('late'); sys.exit(3)"
+    rc, stdout, stderr = kube_proxy_module.run_reader([sys.executable, "-c", script])
+    assert (rc, len(stdout), set(stdout), stderr) == (3, 5000000, {"x"}, "late")
 
 
 def app1_args(**overrides):

@@ -9,7 +9,7 @@ through ``normalise_rule`` before they are compared.
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 from .model import ProxyConfig, Service, categorize_endpoints
 from .naming import endpoint_chain, external_chain, firewall_chain, local_chain, service_chain
@@ -419,7 +419,10 @@ _TARGET_NORMALISERS = {
 
 def normalise_rule(text: str) -> Rule:
     """A rule's arguments (without ``-A CHAIN``) in the form iptables-save prints them."""
-    tokens = tokenize(text)
+    return _normalise_tokens(tokenize(text), text)
+
+
+def _normalise_tokens(tokens: List[str], text: str) -> Rule:
     generic: Dict[str, Tuple[bool, str]] = {}
     matches: List[Tuple[str, List[Option]]] = []
     target: Optional[Tuple[str, str, List[Option]]] = None
@@ -491,8 +494,58 @@ def rule_text(rule: Rule) -> str:
     words = []
     for position, token in enumerate(rule):
         always = position > 0 and rule[position - 1] == "--comment"
-        words.append('"%s"' % token.replace('"', '\\"') if always else _quote(token))
+        words.append(_always_quoted(token) if always else _quote(token))
     return " ".join(words)
+
+
+# Options whose value the kernel prints back as given, and the ones that hold addresses.
+_VERBATIM_VALUES = frozenset(("--comment", "--to-destination", "--name", "--dport"))
+_ADDRESS_OPTIONS = frozenset(("-s", "--source", "--src", "-d", "--destination", "--dst"))
+_JUMPS = frozenset(("-j", "--jump", "-g", "--goto"))
+# A rule's saved form by its shape: the rule with those values taken out (its comment, its
+# addresses, the chain it jumps to, ...). A ruleset of thousands of Services has a few dozen
+# shapes, so each is normalised once and each rule only fills in its own values.
+_SAVED_FORMS: Dict[Tuple[str, ...], List[Union[str, Tuple[int, bool]]]] = {}
+
+
+def saved_rule(text: str) -> str:
+    """rule_text(normalise_rule(text)): the rule as iptables-save prints it, without ``-A CHAIN``."""
+    tokens = tokenize(text)
+    values: List[str] = []
+    shape: List[str] = []
+    before = ""
+    for token in tokens:
+        if before in _VERBATIM_VALUES or (before in _JUMPS and token.startswith(OWNED_CHAIN_PREFIX)):
+            shape.append("\0%d" % len(values))
+            values.append(token)
+        elif before in _ADDRESS_OPTIONS:
+            shape.append("\0%d" % len(values))
+            values.append(_address(token))
+        else:
+            shape.append(token)
+        before = token
+    key = tuple(shape)
+    form = _SAVED_FORMS.get(key)
+    if form is None:
+        form = _SAVED_FORMS[key] = _saved_template(_normalise_tokens(shape, text))
+    return " ".join(part if part.__class__ is str else (_always_quoted(values[part[0]]) if part[1] else _quote(values[part[0]]))
+                    for part in form)
+
+
+def _saved_template(rule: Rule) -> List[Union[str, Tuple[int, bool]]]:
+    """rule_text's words, a value's place standing as (its index, whether it is a comment)."""
+    template: List[Union[str, Tuple[int, bool]]] = []
+    for position, token in enumerate(rule):
+        comment = position > 0 and rule[position - 1] == "--comment"
+        if token.startswith("\0"):
+            template.append((int(token[1:]), comment))
+        else:
+            template.append(_always_quoted(token) if comment else _quote(token))
+    return template
+
+
+def _always_quoted(text: str) -> str:
+    return '"%s"' % text.replace('"', '\\"')
 
 
 def jump_target(rule: Rule) -> Optional[str]:
@@ -506,10 +559,17 @@ def jump_target(rule: Rule) -> Optional[str]:
 
 @dataclass
 class LiveTable:
-    """What iptables-save shows of one table, normalised, restricted to what the module owns."""
+    """What iptables-save shows of one table, restricted to what the module owns: its chains'
+    rules as saved (saved_rule's form, when the kernel printed what the module wrote), and the
+    jumps into them, normalised."""
 
-    chains: Dict[str, List[Rule]] = field(default_factory=dict)
+    saved: Dict[str, List[str]] = field(default_factory=dict)
     jumps: Dict[str, List[Rule]] = field(default_factory=dict)
+
+    @property
+    def chains(self) -> Dict[str, List[Rule]]:
+        """The owned chains' rules, normalised."""
+        return {chain: _normalised(rules) for chain, rules in self.saved.items()}
 
 
 @dataclass
@@ -532,13 +592,13 @@ def parse_save(text: str) -> LiveState:
         elif line.startswith(":"):
             chain = line[1:].split()[0]
             if chain.startswith(OWNED_CHAIN_PREFIX):
-                current.chains.setdefault(chain, [])
+                current.saved.setdefault(chain, [])
         elif line.startswith("-A "):
             _, chain, rest = line.split(" ", 2)
-            rule = normalise_rule(rest)
             if chain.startswith(OWNED_CHAIN_PREFIX):
-                current.chains.setdefault(chain, []).append(rule)
+                current.saved.setdefault(chain, []).append(rest)
             else:
+                rule = normalise_rule(rest)
                 target = jump_target(rule)
                 if target and target.startswith(OWNED_CHAIN_PREFIX):
                     current.jumps.setdefault(chain, []).append(rule)
@@ -553,9 +613,6 @@ def backend_of(version: str) -> Optional[str]:
 
 
 # --------------------------------------------------------------------------- planning
-
-_Tables = Dict[str, Tuple[Dict[str, List[Rule]], Dict[str, List[Rule]]]]
-
 
 # A sync that writes more rule lines than this goes in several restores of about this many
 # each (plan's docstring says how, and docs/performance.md what it measured): iptables-nft's
@@ -572,8 +629,8 @@ class Plan:
     them took longer than the rest of a no-change sync."""
 
     transactions: List[str]
-    before_tables: _Tables
-    after_tables: _Tables
+    desired: IptablesState
+    live: LiveState
     changed_chains: List[str]
     deleted_chains: List[str]
 
@@ -588,29 +645,44 @@ class Plan:
 
     @property
     def before(self) -> str:
-        return _saved_form(self.before_tables)
+        return _saved_form({table: (live.saved, {chain: [rule_text(rule) for rule in rules]
+                                                 for chain, rules in live.jumps.items()})
+                            for table, live in self.live.tables.items()})
 
     @property
     def after(self) -> str:
-        return _saved_form(self.after_tables)
+        return _saved_form({table: ({chain: [saved_rule(rule) for rule in rules] for chain, rules in want.chains.items()},
+                                    {chain: [saved_rule(rule) for rule in rules] for chain, rules in want.jumps.items()})
+                            for table, want in self.desired.items()})
 
 
 def _normalised(rules: List[str]) -> List[Rule]:
     return [normalise_rule(rule) for rule in rules]
 
 
-def _saved_form(tables: "_Tables") -> str:
+def _same_rules(saved: Optional[List[str]], rules: List[str]) -> bool:
+    """Whether a live chain, as iptables-save printed it, holds these rules: its text against
+    their saved form, normalising both only where the texts differ (an iptables that prints a
+    rule its own way); a chain that is not there holds none, not even an empty list."""
+    if saved is None or len(saved) != len(rules):
+        return False
+    return [saved_rule(rule) for rule in rules] == saved or _normalised(saved) == _normalised(rules)
+
+
+def _saved_form(tables: Dict[str, Tuple[Dict[str, List[str]], Dict[str, List[str]]]]) -> str:
+    """Chains and built-in chains' jumps, rules given as saved, the way iptables-save lists them."""
     lines: List[str] = []
     for table in TABLES:
         chains, jumps = tables[table]
+        jumps = {chain: rules for chain, rules in jumps.items() if rules}
         if not chains and not jumps:
             continue
         lines.append("*" + table)
         lines.extend(":%s - [0:0]" % chain for chain in sorted(chains))
         for chain in BUILTIN_CHAINS[table]:
-            lines.extend("-A %s %s" % (chain, rule_text(rule)) for rule in jumps.get(chain, []))
+            lines.extend("-A %s %s" % (chain, rule) for rule in jumps.get(chain, []))
         for chain in sorted(chains):
-            lines.extend("-A %s %s" % (chain, rule_text(rule)) for rule in chains[chain])
+            lines.extend("-A %s %s" % (chain, rule) for rule in chains[chain])
         lines.append("COMMIT")
     return "\n".join(lines) + ("\n" if lines else "")
 
@@ -642,21 +714,15 @@ def plan(desired: IptablesState, live: LiveState, batch_rules: int = BATCH_RULES
     is reached through the chains it had, rewritten whole or not at all.
     """
     edits: List[_TableEdit] = []
-    before: _Tables = {}
-    after: _Tables = {}
     for table in TABLES:
         want = desired[table]
         have = live.tables[table]
-        want_chains = {chain: _normalised(rules) for chain, rules in want.chains.items()}
-        want_jumps = {chain: _normalised(rules) for chain, rules in want.jumps.items() if rules}
-        before[table] = (have.chains, have.jumps)
-        after[table] = (want_chains, want_jumps)
         edit = _TableEdit(
             table, want, have,
-            rewrite=[chain for chain in want.chains if have.chains.get(chain) != want_chains[chain]],
-            delete=sorted(chain for chain in have.chains if chain not in want.chains),
+            rewrite=[chain for chain, rules in want.chains.items() if not _same_rules(have.saved.get(chain), rules)],
+            delete=sorted(chain for chain in have.saved if chain not in want.chains),
             jump_chains=[chain for chain in BUILTIN_CHAINS[table]
-                         if have.jumps.get(chain, []) != want_jumps.get(chain, [])],
+                         if have.jumps.get(chain, []) != _normalised(want.jumps.get(chain, []))],
         )
         if edit.rewrite or edit.delete or edit.jump_chains:
             edits.append(edit)
@@ -668,8 +734,8 @@ def plan(desired: IptablesState, live: LiveState, batch_rules: int = BATCH_RULES
         transactions = _batched(edits, batch_rules)
     return Plan(
         transactions=[text for text in transactions if text],
-        before_tables=before,
-        after_tables=after,
+        desired=desired,
+        live=live,
         changed_chains=["%s/%s" % (edit.table, chain) for edit in edits for chain in edit.rewrite],
         deleted_chains=["%s/%s" % (edit.table, chain) for edit in edits for chain in edit.delete],
     )
@@ -680,7 +746,7 @@ def _batched(edits: List[_TableEdit], batch_rules: int) -> List[str]:
     transactions: List[str] = []
     # Shared chains that do not exist yet, created empty with the first batch: a Service's
     # chains may jump to them (KUBE-MARK-MASQ), and nothing jumps to them yet.
-    missing = [[chain for chain in edit.rewrite if chain not in edit.want.owners and chain not in edit.have.chains]
+    missing = [[chain for chain in edit.rewrite if chain not in edit.want.owners and chain not in edit.have.saved]
                for edit in edits]
     batch: List[List[str]] = [[] for _ in edits]
 

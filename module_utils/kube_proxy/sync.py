@@ -81,7 +81,7 @@ def running_mode(live: Live) -> Optional[str]:
         return "nftables"
     if live.ipvs_device is not None:
         return "ipvs"
-    if iptables.KUBE_SERVICES in iptables.parse_save(live.iptables_save).tables["nat"].chains:
+    if iptables.KUBE_SERVICES in iptables.parse_save(live.iptables_save).tables["nat"].saved:
         return "iptables"
     return None
 

@@ -80,6 +80,7 @@ def test_service_without_endpoints_has_no_nat_chains_and_a_reject():
 def test_normalise_matches_what_iptables_save_prints(rendered, saved):
     assert iptables.normalise_rule(rendered) == iptables.normalise_rule(saved)
     assert iptables.rule_text(iptables.normalise_rule(rendered)) == saved
+    assert iptables.saved_rule(rendered) == saved
 
 
 def test_different_rules_stay_different():
@@ -95,6 +96,23 @@ def test_live_state_restored_from_render_needs_no_change(fixture):
     assert not result.changed, result.restore
     assert result.restore == ""
     assert result.before == result.after
+
+
+@pytest.mark.parametrize("fixture", ["iptables-nft-save.txt", "iptables-legacy-save.txt"])
+def test_the_kernel_prints_every_rendered_rule_in_its_saved_form(fixture):
+    # What makes a no-change sync cheap: a live chain is compared as text, normalised only
+    # where the texts differ.
+    live = iptables.parse_save((FIXTURES / fixture).read_text())
+    for table, desired in iptables.render(config(*MIXED)).items():
+        for chain, rules in desired.chains.items():
+            assert live.tables[table].saved[chain] == [iptables.saved_rule(rule) for rule in rules], chain
+
+
+def test_a_chain_printed_another_way_is_still_the_same_chain():
+    text = (FIXTURES / "iptables-nft-save.txt").read_text()
+    reordered = text.replace("-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000", "-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000")
+    assert reordered != text
+    assert not iptables.plan(iptables.render(config(*MIXED)), iptables.parse_save(reordered)).changed
 
 
 def test_backend_is_read_from_the_header():
@@ -282,3 +300,12 @@ def test_node_ports_answer_only_on_the_node_ips_when_given():
     rules = iptables.render(config(APP1, node_ips=["192.168.100.11"]))["nat"].chains["KUBE-SERVICES"]
     assert rules[-1] == ('-m comment --comment "kubernetes service nodeports; NOTE: this must be the last rule in '
                          'this chain" -d 192.168.100.11 -j KUBE-NODEPORTS')
+
+
+@pytest.mark.parametrize("services", [MIXED, UPSTREAM_OVERALL])
+def test_a_rule_s_saved_form_is_its_normalised_text(services):
+    for desired in iptables.render(config(*services, cluster_cidr="10.0.0.0/8", node_name="test-node",
+                                          node_port_range="3000-32767")).values():
+        for rules in list(desired.chains.values()) + list(desired.jumps.values()):
+            for rule in rules:
+                assert iptables.saved_rule(rule) == iptables.rule_text(iptables.normalise_rule(rule)), rule

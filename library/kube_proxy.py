@@ -388,7 +388,7 @@ import subprocess
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.kube_proxy import conntrack, health_servers, healthcheck, iptables, ipvs, nftables, sync
-from ansible.module_utils.kube_proxy.argspec import SERVICE_OPTIONS
+from ansible.module_utils.kube_proxy.argspec import SERVICES
 from ansible.module_utils.kube_proxy.model import (
     IPVS_SCHEDULERS,
     MODES,
@@ -420,7 +420,7 @@ ARGUMENT_SPEC = dict(
     masquerade_all=dict(type="bool", default=False),
     ipvs_scheduler=dict(type="str", choices=list(IPVS_SCHEDULERS), default="rr"),
     state=dict(type="str", choices=list(STATES), default="present"),
-    services=dict(type="list", elements="dict", options=SERVICE_OPTIONS, default=[]),
+    services=SERVICES,
     lock_timeout=dict(type="int", default=DEFAULT_LOCK_TIMEOUT),
     conntrack_cleanup=dict(type="bool", default=True),
     health_check_run_dir=dict(type="path"),

@@ -148,14 +148,14 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.kube_proxy import health_servers, healthcheck
-from ansible.module_utils.kube_proxy.argspec import SERVICE_OPTIONS
+from ansible.module_utils.kube_proxy.argspec import SERVICES
 from ansible.module_utils.kube_proxy.model import (NODE_PORT_RANGE, ValidationError, build_config, validate_netns,
                                                    validate_node_name)
 
 ARGUMENT_SPEC = dict(
     netns=dict(type="str"),
     node_name=dict(type="str"),
-    services=dict(type="list", elements="dict", options=SERVICE_OPTIONS, default=[]),
+    services=SERVICES,
     node_port_range=dict(type="str", default="%d-%d" % NODE_PORT_RANGE),
     run_dir=dict(type="path", default="/run/kube-proxy-lab"),
     python=dict(type="str"),

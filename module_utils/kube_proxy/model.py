@@ -286,17 +286,21 @@ def build_endpoint(where: str, raw: Any) -> Endpoint:
     return Endpoint(ip=_ipv4(where + ".ip", raw["ip"]), node_name=node_name, **conditions)
 
 
+# The fields that open a Service to traffic from outside, in Kubernetes' own terms.
+EXTERNAL_FIELDS = ("type", "node_port", "external_ips", "load_balancer_ips", "load_balancer_source_ranges",
+                   "external_traffic_policy", "internal_traffic_policy", "health_check_node_port")
+# Every field of a services entry (the modules document each as a suboption).
+SERVICE_FIELDS = ("namespace", "name", "port_name", "protocol", "cluster_ip", "port", "target_port",
+                  "session_affinity", "session_affinity_timeout", "endpoints") + EXTERNAL_FIELDS
+
+
 def build_service(index: int, raw: Mapping[str, Any], node_port_range: Tuple[int, int] = NODE_PORT_RANGE) -> Service:
     where = "services[%d]" % index
     if not isinstance(raw, Mapping):
         raise ValidationError(where, "must be a mapping, got %r" % (raw,))
-    known = {
-        "namespace", "name", "port_name", "protocol", "cluster_ip", "port", "target_port",
-        "session_affinity", "session_affinity_timeout", "endpoints",
-    } | set(EXTERNAL_FIELDS)
-    unknown = sorted(set(raw) - known)
+    unknown = sorted(set(raw) - set(SERVICE_FIELDS))
     if unknown:
-        raise ValidationError("%s.%s" % (where, unknown[0]), "unknown field (known: %s)" % ", ".join(sorted(known)))
+        raise ValidationError("%s.%s" % (where, unknown[0]), "unknown field (known: %s)" % ", ".join(sorted(SERVICE_FIELDS)))
 
     def field(name: str) -> str:
         return "%s.%s" % (where, name)
@@ -341,9 +345,6 @@ def build_service(index: int, raw: Mapping[str, Any], node_port_range: Tuple[int
     )
 
 
-# The fields that open a Service to traffic from outside, in Kubernetes' own terms.
-EXTERNAL_FIELDS = ("type", "node_port", "external_ips", "load_balancer_ips", "load_balancer_source_ranges",
-                   "external_traffic_policy", "internal_traffic_policy", "health_check_node_port")
 
 
 def _list(field: str, value: Any) -> Sequence[Any]:

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 from ansible.module_utils import basic
-from ansible.module_utils.kube_proxy import health_servers
+from ansible.module_utils.kube_proxy import health_servers, model
 from ansible.module_utils.testing import patch_module_args
 
 from conftest import FIXTURES, LIBRARY, ModuleExit
@@ -479,6 +479,18 @@ def test_a_relative_health_check_run_dir_is_refused_by_name(monkeypatch, netns_e
 
 def test_documentation_matches_argument_spec():
     _compare(_documented_options(), kube_proxy_module.ARGUMENT_SPEC, "options")
+
+
+def test_every_field_of_a_service_is_documented_as_its_suboption():
+    # Ansible does not check the fields (argspec.SERVICES), so the documentation is held to the model.
+    documented = _documented_options()["services"]["suboptions"]
+    assert sorted(documented) == sorted(model.SERVICE_FIELDS)
+    choices = dict(protocol=model.PROTOCOLS, session_affinity=model.AFFINITIES, type=model.SERVICE_TYPES,
+                   external_traffic_policy=model.TRAFFIC_POLICIES, internal_traffic_policy=model.TRAFFIC_POLICIES)
+    assert {name: tuple(option["choices"]) for name, option in documented.items() if "choices" in option} == choices
+    minimal = model.build_service(0, dict(name="app1", cluster_ip="10.96.0.10", port=80))
+    for name in ("namespace", "port_name", "protocol", "session_affinity", "session_affinity_timeout"):
+        assert documented[name].get("default") == getattr(minimal, name), name
 
 
 def test_examples_and_return_are_valid_yaml():

@@ -9,7 +9,7 @@ through ``normalise_rule`` before they are compared.
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Tuple
 
 from .model import ProxyConfig, Service, categorize_endpoints
 from .naming import endpoint_chain, external_chain, firewall_chain, local_chain, service_chain
@@ -499,49 +499,56 @@ def rule_text(rule: Rule) -> str:
 
 
 # Options whose value the kernel prints back as given, and the ones that hold addresses.
-_VERBATIM_VALUES = frozenset(("--comment", "--to-destination", "--name", "--dport"))
-_ADDRESS_OPTIONS = frozenset(("-s", "--source", "--src", "-d", "--destination", "--dst"))
-_JUMPS = frozenset(("-j", "--jump", "-g", "--goto"))
+_VERBATIM_VALUES = ("--comment", "--to-destination", "--name", "--dport")
+_ADDRESS_OPTIONS = ("-s", "--source", "--src", "-d", "--destination", "--dst")
+_JUMPS = ("-j", "--jump", "-g", "--goto")
+# Splits a rule into [text, option, value, text, option, value, ..., text] at those values.
+_VALUES = re.compile(r'(?<!\S)(%s) ("(?:[^"\\]|\\.)*"|[^\s"]\S*)'
+                     % "|".join(re.escape(option) for option in _VERBATIM_VALUES + _ADDRESS_OPTIONS + _JUMPS))
+_ESCAPED = re.compile(r"\\(.)")
 # A rule's saved form by its shape: the rule with those values taken out (its comment, its
-# addresses, the chain it jumps to, ...). A ruleset of thousands of Services has a few dozen
-# shapes, so each is normalised once and each rule only fills in its own values.
-_SAVED_FORMS: Dict[Tuple[str, ...], List[Union[str, Tuple[int, bool]]]] = {}
+# addresses, the chain it jumps to, ...), as a str.format template. A ruleset of thousands of
+# Services has a few dozen shapes, so each is normalised once and each rule only fills in its
+# own values.
+_SAVED_FORMS: Dict[str, str] = {}
 
 
 def saved_rule(text: str) -> str:
     """rule_text(normalise_rule(text)): the rule as iptables-save prints it, without ``-A CHAIN``."""
-    tokens = tokenize(text)
+    pieces = _VALUES.split(text)
+    shape = [pieces[0]]
     values: List[str] = []
-    shape: List[str] = []
-    before = ""
-    for token in tokens:
-        if before in _VERBATIM_VALUES or (before in _JUMPS and token.startswith(OWNED_CHAIN_PREFIX)):
-            shape.append("\0%d" % len(values))
-            values.append(token)
-        elif before in _ADDRESS_OPTIONS:
-            shape.append("\0%d" % len(values))
-            values.append(_address(token))
+    for position in range(1, len(pieces), 3):
+        option, value = pieces[position], pieces[position + 1]
+        if value.startswith('"'):
+            value = _ESCAPED.sub(r"\1", value[1:-1])
+        if option in _JUMPS and not value.startswith(OWNED_CHAIN_PREFIX):
+            slot = value  # a target such as MARK or DNAT: what follows it depends on its name
         else:
-            shape.append(token)
-        before = token
-    key = tuple(shape)
+            slot = "\0%d" % len(values)
+            if option == "--comment":
+                value = _always_quoted(value)
+            else:
+                value = _quote(_address(value) if option in _ADDRESS_OPTIONS else value)
+            values.append(value)
+        shape.extend((option, " ", slot, pieces[position + 2]))
+    key = "".join(shape)
     form = _SAVED_FORMS.get(key)
     if form is None:
-        form = _SAVED_FORMS[key] = _saved_template(_normalise_tokens(shape, text))
-    return " ".join(part if part.__class__ is str else (_always_quoted(values[part[0]]) if part[1] else _quote(values[part[0]]))
-                    for part in form)
+        form = _SAVED_FORMS[key] = _saved_template(normalise_rule(key))
+    return form.format(*values)
 
 
-def _saved_template(rule: Rule) -> List[Union[str, Tuple[int, bool]]]:
-    """rule_text's words, a value's place standing as (its index, whether it is a comment)."""
-    template: List[Union[str, Tuple[int, bool]]] = []
+def _saved_template(rule: Rule) -> str:
+    """rule_text of a rule whose values are slots ("\0N"): a template with {N} in their place."""
+    words = []
     for position, token in enumerate(rule):
-        comment = position > 0 and rule[position - 1] == "--comment"
         if token.startswith("\0"):
-            template.append((int(token[1:]), comment))
+            words.append("{%s}" % token[1:])
         else:
-            template.append(_always_quoted(token) if comment else _quote(token))
-    return template
+            comment = position > 0 and rule[position - 1] == "--comment"
+            words.append((_always_quoted(token) if comment else _quote(token)).replace("{", "{{").replace("}", "}}"))
+    return " ".join(words)
 
 
 def _always_quoted(text: str) -> str:

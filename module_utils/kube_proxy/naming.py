@@ -5,6 +5,7 @@ stable across restarts and unique per service port.
 """
 
 import base64
+import functools
 import hashlib
 
 SERVICE_CHAIN_PREFIX = "KUBE-SVC-"
@@ -15,9 +16,13 @@ EXTERNAL_CHAIN_PREFIX = "KUBE-EXT-"
 FIREWALL_CHAIN_PREFIX = "KUBE-FW-"
 
 
+# A sync asks for each hash several times (a Service's KUBE-SVC, -SVL, -EXT and -FW chains
+# share one, and every endpoint chain is named by its rule and by the chain itself).
+@functools.lru_cache(maxsize=1 << 16)
 def _hash16(text: str) -> str:
-    digest = hashlib.sha256(text.encode()).digest()
-    return base64.b32encode(digest).decode()[:16]
+    # base32 writes each 5 bytes as 8 characters on their own: the first 16 characters of the
+    # whole digest's encoding are those of its first 10 bytes.
+    return base64.b32encode(hashlib.sha256(text.encode()).digest()[:10]).decode()
 
 
 def service_chain(port_name_string: str, proto: str) -> str:
